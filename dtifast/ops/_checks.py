@@ -1,0 +1,92 @@
+"""Input validation shared by every op and backend.
+
+Each check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape, device,
+value) with a message that says what was expected and what came. Backends call these before launching
+anything, so that a kernel never sees bad input.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+PADDING_MODES = ("zeros", "border")
+# The finite-value check reads the data (a device sync on CUDA); DTIFAST_CHECK_FINITE=0 turns it off
+# in hot loops that have already validated their inputs once.
+CHECK_FINITE = os.environ.get("DTIFAST_CHECK_FINITE", "1") != "0"
+
+
+def check_tensor(t: object, name: str, ndim: int | None = None, dtypes: Iterable[torch.dtype] = FLOAT_DTYPES,
+                 finite: bool = True) -> torch.Tensor:
+    """Check that ``t`` is a tensor with ``ndim`` dims, one of ``dtypes`` and (optionally) finite values."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    dtypes = tuple(dtypes)
+    if t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({names}), got {str(t.dtype).replace('torch.', '')}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D tensor, got shape {tuple(t.shape)}")
+    if finite and CHECK_FINITE and t.is_floating_point() and not _is_meta(t) and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return t
+
+
+def check_shape(t: torch.Tensor, name: str, expected: Sequence[int | str | None]) -> None:
+    """Check ``t.shape`` against ``expected``; an int must match, a str/None matches anything.
+
+    Strings name symbolic dims (``"B"``) and appear in the message.
+    """
+    shape = tuple(t.shape)
+    ok = len(shape) == len(expected) and all(
+        not isinstance(e, int) or s == e for s, e in zip(shape, expected))
+    if not ok:
+        want = "(" + ", ".join(str(e) if e is not None else "*" for e in expected) + ")"
+        raise ValueError(f"{name} must have shape {want}, got {shape}")
+
+
+def check_same_device_dtype(*named: tuple[str, torch.Tensor]) -> None:
+    """Check that all tensors share the first one's device and dtype."""
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{name} is on {t.device} but {first_name} is on {first.device}; "
+                             "all inputs must be on the same device")
+        if t.dtype != first.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; "
+                            "all inputs must share one dtype")
+
+
+def check_out_size(out_size: object) -> tuple[int, int]:
+    """Check an output size ``(H, W)`` of two positive ints and return it as a tuple."""
+    if isinstance(out_size, torch.Size):
+        out_size = tuple(out_size)
+    if (not isinstance(out_size, (tuple, list)) or len(out_size) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in out_size)):
+        raise ValueError(f"out_size must be a pair of positive ints (H, W), got {out_size!r}")
+    return int(out_size[0]), int(out_size[1])
+
+
+def check_padding(padding: object) -> str:
+    if padding not in PADDING_MODES:
+        raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+    return padding  # type: ignore[return-value]
+
+
+def check_warp_inputs(x: torch.Tensor, params: torch.Tensor, n_params: int | tuple[int, ...],
+                      out_size: object, padding: object) -> tuple[int, int]:
+    """Validate the common warp signature: ``x`` (N, C, h, w), ``params`` (N, *n_params)."""
+    check_tensor(x, "x", ndim=4)
+    shape = (n_params,) if isinstance(n_params, int) else tuple(n_params)
+    check_tensor(params, "params", ndim=1 + len(shape))
+    check_shape(params, "params", (x.shape[0], *shape))
+    check_same_device_dtype(("x", x), ("params", params))
+    check_padding(padding)
+    return check_out_size(out_size)
+
+
+def _is_meta(t: torch.Tensor) -> bool:
+    # Fake/meta tensors (torch.compile tracing, register_fake) carry no data to inspect.
+    return t.device.type == "meta" or type(t).__name__ == "FakeTensor"
