@@ -46,9 +46,9 @@ def _extensions():
 
 
 setup(
-    packages=find_packages(include=["dtifast", "dtifast.*"]) + ["dtifast.kernels"],
-    package_dir={"dtifast.kernels": "kernels"},
-    package_data={"dtifast": ["configs/*.yml"]},
+    packages=find_packages(include=["dtifast", "dtifast.*"]) + ["dtifast.kernels", "dtifast.configs"],
+    package_dir={"dtifast.kernels": "kernels", "dtifast.configs": "configs"},
+    package_data={"dtifast.configs": ["*.yml"]},
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=False)},
 )

@@ -20,7 +20,7 @@ __all__ = [
     "softclip", "warp_position", "warp_similarity", "warp_affine", "warp_projective", "warp_tps",
     "color_transform", "composite_layers", "composite_candidates", "greedy_select",
     "position_matrix", "similarity_matrix", "affine_matrix", "projective_matrix", "projective_grid",
-    "tps_grid", "with_background",
+    "tps_grid", "with_background", "place_sprites", "greedy_select_sprites", "render_loss",
 ]
 
 
@@ -78,6 +78,25 @@ def greedy_select(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor, oc
                   empty_penalty: Optional[torch.Tensor] = None, *, backend: Optional[str] = None) -> torch.Tensor:
     return resolve("greedy_select", backend, _device(x))[1](x, layers, masks, occlusion, background, n_iter,
                                                             empty_penalty)
+
+
+def place_sprites(sprites: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
+                  noise: Optional[torch.Tensor] = None, *, backend: Optional[str] = None):
+    return resolve("place_sprites", backend, _device(sprites))[1](sprites, params, out_size, noise)
+
+
+def greedy_select_sprites(x: torch.Tensor, sprites: torch.Tensor, params: torch.Tensor, occlusion: torch.Tensor,
+                          background: Optional[torch.Tensor] = None, n_iter: int = 1,
+                          empty_penalty: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
+                          *, backend: Optional[str] = None) -> torch.Tensor:
+    return resolve("greedy_select_sprites", backend, _device(x))[1](x, sprites, params, occlusion, background,
+                                                                    n_iter, empty_penalty, noise)
+
+
+def render_loss(x: torch.Tensor, sprites: torch.Tensor, params: torch.Tensor, occlusion: torch.Tensor,
+                background: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None, *,
+                backend: Optional[str] = None) -> torch.Tensor:
+    return resolve("render_loss", backend, _device(x))[1](x, sprites, params, occlusion, background, noise)
 
 
 # The public functions share the reference's documentation (shapes, conventions, examples).

@@ -30,7 +30,7 @@ __all__ = [
     "softclip", "position_matrix", "similarity_matrix", "affine_matrix", "projective_matrix",
     "warp_position", "warp_similarity", "warp_affine", "warp_projective", "warp_tps",
     "projective_grid", "tps_grid", "color_transform", "composite_layers", "greedy_select",
-    "composite_candidates", "with_background",
+    "composite_candidates", "with_background", "place_sprites", "greedy_select_sprites", "render_loss",
 ]
 
 HOMOGENEOUS_EPS = 1e-8
@@ -510,3 +510,102 @@ def greedy_select(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor, oc
             idx = torch.arange(B, device=x.device)
             cur_layers[l], cur_masks[l] = layers[l][choice, idx], masks[l][choice, idx]
     return selection
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sprite-space ops: what the fused greedy-scoring and render-loss kernels compute
+# ----------------------------------------------------------------------------------------------------
+
+def place_sprites(sprites: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
+                  noise: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Place sprites in the image by their layer's position transform, with optional mask noise.
+
+    The sprite is warped with :func:`warp_position` (zeros padding). With ``noise``, the sprite carries a
+    footprint channel ("canvas", 1 inside the sprite, 0 for the empty sprite); the mask becomes
+    ``softclip(mask + canvas · noise)`` after the warp, which is upstream's train-time mask noise.
+
+    Args:
+        sprites: ``(N, C + 1, h, w)`` colours then mask, or ``(N, C + 2, h, w)`` colours, mask, canvas
+            when ``noise`` is given.
+        params: ``(N, 3)`` raw position parameters ``(s, tx, ty)``.
+        out_size: ``(H, W)``.
+        noise: ``(N, 1, H, W)`` already scaled noise (upstream: ``0.4 · (2u - 1)``), or None.
+
+    Returns:
+        colours ``(N, C, H, W)`` and masks ``(N, 1, H, W)``.
+    """
+    n_extra = 1 if noise is None else 2
+    check_tensor(sprites, "sprites", ndim=4)
+    if sprites.shape[1] <= n_extra:
+        raise ValueError(f"sprites must have C colour channels + {n_extra} (mask{', canvas' if noise is not None else ''}), "
+                         f"got {sprites.shape[1]} channels")
+    warped = warp_position(sprites, params, out_size, "zeros")
+    n_color = sprites.shape[1] - n_extra
+    colors, mask = warped[:, :n_color], warped[:, n_color:n_color + 1]
+    if noise is not None:
+        check_tensor(noise, "noise", ndim=4)
+        check_shape(noise, "noise", (sprites.shape[0], 1, *warped.shape[2:]))
+        mask = softclip(mask + warped[:, n_color + 1:] * noise)
+    return colors, mask
+
+
+def _place_layers(sprites: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
+                  noise: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    lead = sprites.shape[:-3]
+    flat_noise = None if noise is None else noise.reshape(-1, *noise.shape[-3:])
+    colors, masks = place_sprites(sprites.reshape(-1, *sprites.shape[-3:]), params.reshape(-1, 3), out_size,
+                                  flat_noise)
+    return colors.view(*lead, *colors.shape[1:]), masks.view(*lead, *masks.shape[1:])
+
+
+def greedy_select_sprites(x: torch.Tensor, sprites: torch.Tensor, params: torch.Tensor, occlusion: torch.Tensor,
+                          background: Optional[torch.Tensor] = None, n_iter: int = 1,
+                          empty_penalty: Optional[torch.Tensor] = None,
+                          noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`greedy_select` with the candidates given in sprite space (what the fused kernel takes).
+
+    Args:
+        x: ``(B, C, H, W)``.
+        sprites: ``(L, K, B, C + E, h, w)`` candidates after the sprite-level and colour transforms
+            (E = 1: mask; E = 2: mask and canvas, with ``noise``).
+        params: ``(L, B, 3)`` position parameters of each layer (shared by its K candidates).
+        occlusion, background, n_iter, empty_penalty: as in :func:`greedy_select`.
+        noise: ``(K, 1, H, W)`` scaled mask noise of each sprite (shared over layers and images), or None.
+
+    Returns:
+        ``(L, K, B)`` one-hot selection.
+    """
+    check_tensor(sprites, "sprites", ndim=6)
+    L, K, B = sprites.shape[:3]
+    check_tensor(params, "params", ndim=3)
+    check_shape(params, "params", (L, B, 3))
+    with torch.no_grad():
+        full_params = params[:, None].expand(L, K, B, 3)
+        full_noise = None if noise is None else noise[None, :, None].expand(L, K, B, *noise.shape[1:])
+        colors, masks = _place_layers(sprites, full_params, x.shape[-2:], full_noise)
+        return greedy_select(x, colors, masks, occlusion, background, n_iter, empty_penalty)
+
+
+def render_loss(x: torch.Tensor, sprites: torch.Tensor, params: torch.Tensor, occlusion: torch.Tensor,
+                background: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Reconstruction loss of the selected sprites: place, composite over the background, MSE.
+
+    .. math:: \\mathcal{L} = \\mathrm{mean}\\big((\\mathrm{composite}(\\mathrm{place}(s_l, p_l)) - x)^2\\big)
+
+    Args:
+        x: target images ``(B, C, H, W)``.
+        sprites: selected sprites ``(L, B, C + E, h, w)`` (see :func:`place_sprites`).
+        params: ``(L, B, 3)`` position parameters.
+        occlusion: ``(L, L, B)``.
+        background: ``(B, C, H, W)`` or None.
+        noise: ``(L, B, 1, H, W)`` scaled mask noise of each selected sprite, or None.
+
+    Returns:
+        Scalar mean squared error over ``B, C, H, W``.
+    """
+    check_tensor(x, "x", ndim=4)
+    check_tensor(sprites, "sprites", ndim=5)
+    check_tensor(params, "params", ndim=3)
+    check_shape(params, "params", (sprites.shape[0], x.shape[0], 3))
+    colors, masks = _place_layers(sprites, params, x.shape[-2:], noise)
+    return ((composite_layers(colors, masks, occlusion, background) - x) ** 2).mean()
