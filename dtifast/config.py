@@ -110,6 +110,15 @@ TRAINING_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "visualizer_port": ((_INT, _NONE), None),
     "pretrained": ((_STR, _NONE), None),
     "resume": ((_STR, _NONE), None),
+    # dtifast only (the trainer, dtifast/train.py): bf16 autocast, torch.compile (true or a backend name),
+    # learning rates scaled from the batch size they were tuned for, checkpoint cadence (iterations;
+    # null: every val_stat_interval), TensorBoard logs beside the CSV ones.
+    "amp": ((_STR, _NONE), None),
+    "compile": ((_BOOL, _STR), False),
+    "lr_scaling": ((_STR,), "none"),
+    "lr_reference_batch_size": ((_INT, _NONE), None),
+    "checkpoint_interval": ((_INT, _NONE), None),
+    "tensorboard": ((_BOOL,), True),
 }
 
 SECTIONS = {"dataset": DATASET_SCHEMA, "model": MODEL_SCHEMA, "training": TRAINING_SCHEMA}
