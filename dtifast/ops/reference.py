@@ -236,12 +236,15 @@ def _tps_weights_cpu64(grid_size: int, out_size: tuple[int, int]) -> torch.Tenso
 
     Solving the TPS system ``[[K, 1, P], [1ᵀ, 0, 0], [Pᵀ, 0, 0]]`` for the target control points P and
     evaluating the interpolant at the target coordinates gives a map that is linear in the source
-    control points; W is that map. Computed once in float64 per (grid_size, out_size).
+    control points; W is that map. Computed once per (grid_size, out_size) in float64, except that the
+    solver's control points are rounded to float32 and K is built in float32, as upstream's TPS grid
+    does (it casts its float64 control points with ``.float()``); float64 runs then reproduce upstream exactly.
     """
-    ctrl = tps_control_points(grid_size)
+    ctrl32 = tps_control_points(grid_size, torch.float64).float()  # float64 linspace, then rounded
+    ctrl = ctrl32.double()
     n = ctrl.shape[0]
     kernel = torch.zeros(n + 3, n + 3, dtype=torch.float64)
-    kernel[:n, :n] = _tps_radial(ctrl, ctrl)
+    kernel[:n, :n] = _tps_radial(ctrl32, ctrl32).double()
     kernel[:n, n] = 1
     kernel[n, :n] = 1
     kernel[:n, n + 1:] = ctrl
