@@ -201,7 +201,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if len(parts) < 2 or parts[0] not in SECTIONS:
         raise ConfigError(f"override key {key!r} must start with one of {list(SECTIONS)} (e.g. training.batch_size)")
-    return parts, yaml.safe_load(raw)
+    return parts, _coerce_numbers(yaml.safe_load(raw))
 
 
 def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:

@@ -415,6 +415,11 @@ def composite_layers(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch
         check_shape(background, "background", layers.shape[1:])
         check_same_device_dtype(("layers", layers), ("background", background))
         layers, masks, occlusion = with_background(layers, masks, occlusion, background)
+    return _composite(layers, masks, occlusion)
+
+
+def _composite(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor) -> torch.Tensor:
+    """:func:`composite_layers` without input checks or background (for callers that validated)."""
     L = layers.shape[0]
     off_diag = 1 - torch.eye(L, dtype=occlusion.dtype, device=occlusion.device)
     occ = (occlusion * off_diag[..., None])[:, :, :, None, None, None]    # (L_j, L_k, B, 1, 1, 1)
@@ -504,7 +509,7 @@ def greedy_select(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor, oc
             tmp_layers = cur_layers.unsqueeze(1).repeat(1, K, 1, 1, 1, 1)
             tmp_masks = cur_masks.unsqueeze(1).repeat(1, K, 1, 1, 1, 1)
             tmp_layers[l], tmp_masks[l] = layers[l], masks[l]
-            recon = composite_layers(tmp_layers.flatten(1, 2), tmp_masks.flatten(1, 2), occ_k, bkg_k)
+            recon = _composite(*with_background(tmp_layers.flatten(1, 2), tmp_masks.flatten(1, 2), occ_k, bkg_k))
             dist = ((recon.view(K, B, C, H, W) - x) ** 2).flatten(2).mean(2)          # (K, B)
             if empty_penalty is not None:
                 dist = dist + empty_penalty[:, None]
