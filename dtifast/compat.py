@@ -19,7 +19,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 import yaml
 
-from .config import ConfigError, validate_config
+from .config import ConfigError, load_config, validate_config
 from .model import DTISprites
 
 log = logging.getLogger(__name__)
@@ -220,22 +220,15 @@ def _load_state(model: DTISprites, state: Mapping[str, torch.Tensor]) -> None:
 
 
 def from_upstream_config(path: Union[str, pathlib.Path]) -> dict[str, Any]:
-    """Read an upstream YAML config (their ``configs/*.yml``) as a validated dtifast config."""
+    """Read an upstream YAML config (their ``configs/*.yml``) as a validated dtifast config.
+
+    Our config format is upstream's, so this is :func:`dtifast.config.load_config` on a file that must
+    exist (no bundled-name lookup).
+    """
     p = pathlib.Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"upstream config not found: {p}")
-    raw = yaml.safe_load(p.read_text()) or {}
-    from .config import _coerce_numbers  # upstream writes 1.0e-4 and 1e-4 alike
-    raw = _coerce_numbers(raw)
-    training = dict(raw.get("training") or {})
-    # Upstream-only display settings that have no meaning here.
-    for key in ("visualizer_port",):
-        training.pop(key, None)
-    raw["training"] = training
-    try:
-        return validate_config(raw)
-    except ConfigError as err:
-        raise ConfigError(f"{p}: {err}") from None
+    return load_config(p)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
