@@ -68,3 +68,18 @@ def test_rng_round_trip(tmp_path):
     assert first[0] == second[0] and first[1] == second[1] and torch.equal(first[2], second[2])
     with pytest.raises(CheckpointError, match="numpy"):
         restore_rng_state({"python": random.getstate(), "torch": torch.get_rng_state()})
+
+
+def test_save_run_from_model(tmp_path):
+    from dtifast.config import load_config
+    from dtifast.model import build_model
+    cfg = load_config("tetro", ["model.encoder_name=resnet20"])
+    model = build_model(cfg, (35, 35), 3)
+    ckpt.save_run_from_model(tmp_path / "run", cfg, model, epoch=7)
+    state = load_checkpoint(tmp_path / "run")
+    assert state["kind"] == "model" and state["progress"]["epoch"] == 7
+    assert state["meta"] == {"img_size": [35, 35], "n_channels": 3, "n_classes": None}
+    assert state["config"] == cfg
+    assert (tmp_path / "run" / ckpt.CONFIG_NAME).is_file()
+    for k, v in model.state_dict().items():
+        assert torch.equal(state["model"][k], v), k
