@@ -50,7 +50,8 @@ def ari(labels_true: torch.Tensor, labels_pred: torch.Tensor, ignore_background:
         reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
     """Adjusted Rand Index between two instance labellings, computed per image.
 
-    ``ARI = (Σ_ij C(n_ij) − E) / (½(Σ_i C(a_i) + Σ_j C(b_j)) − E)`` with ``E = Σ_i C(a_i)·Σ_j C(b_j) / C(n)``,
+    ``ARI = (Σ_ij C(n_ij) − E) / (½(Σ_i C(a_i) + Σ_j C(b_j)) − E)``
+    with ``E = Σ_i C(a_i)·Σ_j C(b_j) / C(n)``,
     ``C(x) = x(x−1)/2``, ``n_ij`` the image's contingency table, ``a``/``b`` its row/column sums. Label
     values only name groups: any permutation of ``labels_pred`` gives the same score.
 
