@@ -25,7 +25,7 @@ demo: install
 	$(PY) -m dtifast.demo --out $(DEMO_OUT)
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
 
 bench: install
 	$(PY) -m pytest -q benchmarks -p no:xdist --benchmark-only
