@@ -1,12 +1,79 @@
 """The ``triton`` backend: fused Triton kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``).
 
-Defines the ops of :mod:`dtifast.ops.reference` that have a fused kernel, with the reference's
-signatures; each validates its inputs and calls a ``dtifast::<op>_triton`` custom op (registered in
-:mod:`dtifast.ops.warp`, :mod:`dtifast.ops.composite`, :mod:`dtifast.ops.greedy` and
-:mod:`dtifast.ops.render_loss`), so autograd and ``torch.compile`` see one op per call.
+Defines the ops of :mod:`dtifast.ops.reference` with the reference's signatures; each validates its
+inputs and calls ``dtifast::<op>_triton`` custom ops (registered in :mod:`dtifast.ops.warp`,
+:mod:`dtifast.ops.composite`, :mod:`dtifast.ops.greedy`, :mod:`dtifast.ops.render` and
+:mod:`dtifast.ops.pointwise`), so autograd and ``torch.compile`` see one op per kernel.
+:func:`place_sprites` and :func:`composite_candidates` are compositions of those ops.
 """
 from __future__ import annotations
 
+from typing import Optional
+
+import torch
+
+from ._checks import check_shape, check_tensor
+from .composite import composite_layers
+from .greedy import greedy_select, greedy_select_sprites
+from .pointwise import color_transform, softclip
+from .render import render_loss
 from .warp import warp_affine, warp_position, warp_projective, warp_similarity, warp_tps
 
-__all__ = ["warp_position", "warp_similarity", "warp_affine", "warp_projective", "warp_tps"]
+__all__ = ["softclip", "color_transform", "warp_position", "warp_similarity", "warp_affine", "warp_projective",
+           "warp_tps", "composite_layers", "composite_candidates", "greedy_select", "place_sprites",
+           "greedy_select_sprites", "render_loss"]
+
+
+def place_sprites(sprites: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
+                  noise: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dtifast.ops.reference.place_sprites` with the fused position warp and softclip kernels.
+
+    Args:
+        sprites: ``(N, C + 1, h, w)`` (colours, mask) or ``(N, C + 2, h, w)`` (… canvas) with ``noise``.
+        params: ``(N, 3)``; out_size: ``(H, W)``; noise: ``(N, 1, H, W)`` or None.
+
+    Returns:
+        colours ``(N, C, H, W)`` and masks ``(N, 1, H, W)``.
+    """
+    n_extra = 1 if noise is None else 2
+    check_tensor(sprites, "sprites", ndim=4)
+    if sprites.shape[1] <= n_extra:
+        raise ValueError(f"sprites must have C colour channels + {n_extra} (mask{', canvas' if noise is not None else ''}), "
+                         f"got {sprites.shape[1]} channels")
+    warped = warp_position(sprites, params, out_size, "zeros")
+    n_color = sprites.shape[1] - n_extra
+    colors, mask = warped[:, :n_color], warped[:, n_color:n_color + 1]
+    if noise is not None:
+        check_tensor(noise, "noise", ndim=4)
+        check_shape(noise, "noise", (sprites.shape[0], 1, *warped.shape[2:]))
+        mask = softclip(mask + warped[:, n_color + 1:] * noise)
+    return colors, mask
+
+
+def composite_candidates(layers: torch.Tensor, masks: torch.Tensor,
+                         backgrounds: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`dtifast.ops.reference.composite_candidates` through the fused compositing kernel: each of
+    the K·M·B candidates is a one-layer composite over its background.
+
+    Args:
+        layers: ``(K, B, C, H, W)``; masks: ``(K, B, 1, H, W)``; backgrounds: ``(M, B, C, H, W)`` or None.
+
+    Returns:
+        ``(B, M·K, C, H, W)``, candidate index ``m·K + k``.
+    """
+    check_tensor(layers, "layers", ndim=5)
+    K, B, C, H, W = layers.shape
+    check_tensor(masks, "masks", ndim=5)
+    check_shape(masks, "masks", (K, B, 1, H, W))
+    M = 1
+    if backgrounds is not None:
+        check_tensor(backgrounds, "backgrounds", ndim=5)
+        check_shape(backgrounds, "backgrounds", (None, B, C, H, W))
+        M = backgrounds.shape[0]
+    n = M * K * B
+    flat_layers = layers[None].expand(M, -1, -1, -1, -1, -1).reshape(1, n, C, H, W)
+    flat_masks = masks[None].expand(M, -1, -1, -1, -1, -1).reshape(1, n, 1, H, W)
+    bg = None if backgrounds is None else backgrounds[:, None].expand(-1, K, -1, -1, -1, -1).reshape(n, C, H, W)
+    occ = layers.new_zeros(1, 1, n)
+    out = composite_layers(flat_layers, flat_masks, occ, bg)
+    return out.view(M * K, B, C, H, W).transpose(0, 1)
