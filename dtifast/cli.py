@@ -33,7 +33,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set training.batch_size=64 (repeatable)")
     p.add_argument("--data-root", type=pathlib.Path, default=None, help="folder holding the datasets")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda when available)")
-    p.add_argument("--amp", choices=["bf16"], default=None, help="train under bf16 autocast")
+    p.add_argument("--amp", choices=["bf16"], default=None,
+                   help="run the encoder under bf16 autocast (the rest stays float32)")
     p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the model (optionally naming the backend; default inductor)")
     p.add_argument("--batch-size", type=int, default=None, help="global batch size (all processes together)")

@@ -37,6 +37,7 @@ import pathlib
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -532,8 +533,12 @@ class Trainer:
             # A model-only checkpoint (e.g. `dtifast import-upstream`): fresh optimizer, schedule caught up.
             self.batch = 0
             self.iteration = self.epoch * self.n_batches
-            for _ in range(self.epoch if self.update_range == "epoch" else self.iteration):
-                self.scheduler.step()
+            with warnings.catch_warnings():
+                # Catching up on steps already taken: torch's "step before optimizer.step()" warning
+                # does not apply.
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(self.epoch if self.update_range == "epoch" else self.iteration):
+                    self.scheduler.step()
         self.last_checkpoint_iteration = self.iteration
         self._log(f"resumed at epoch {self.epoch}, batch {self.batch}, iteration {self.iteration} "
                   f"({state.get('kind', 'model')} checkpoint)")
