@@ -20,12 +20,23 @@ import torch
 import triton
 import triton.language as tl
 
+from .sampling import block_size
+
 BLOCK = 128
 
 
 @triton.jit
-def _mul(a, b):
-    return a * b
+def prod_rows(tile, rows, L: tl.constexpr, skip: tl.constexpr):
+    """Product over rows ``0..L-1`` of a ``[LP, BLOCK]`` tile, leaving out row ``skip`` (-1: none).
+
+    Unrolled row by row (L is tiny): Triton's interpreter runs a custom-combine ``tl.reduce`` in
+    Python element by element, which made CPU tests crawl; row sums vectorise everywhere.
+    """
+    acc = tl.sum(tl.zeros_like(tile), axis=0) + 1.0
+    for i in tl.static_range(L):
+        if i != skip:
+            acc = acc * row(tile, rows, i)
+    return acc
 
 
 @triton.jit
@@ -49,9 +60,9 @@ def visibility(m, occ_ptr, s_oj, s_ok, b, rows, L: tl.constexpr):
     vis = tl.zeros_like(m)
     for k in tl.static_range(L):
         o_col = occ_column(occ_ptr, s_oj, s_ok, b, k, rows, L).to(m.dtype)
-        vk = tl.reduce(1.0 - o_col[:, None] * m, 0, _mul)
+        vk = prod_rows(1.0 - o_col[:, None] * m, rows, L, -1)
         vis = tl.where(rows[:, None] == k, vk[None, :], vis)
-    vbg = tl.reduce(1.0 - m, 0, _mul)
+    vbg = prod_rows(1.0 - m, rows, L, -1)
     return vis, vbg
 
 
@@ -63,7 +74,7 @@ def composite_grads(m, vis, G, Gbg, occ_ptr, s_oj, s_ok, b, docc_ptr, rows, acti
     dm = vis * G
     if HAS_BG:
         for j in tl.static_range(L):
-            others = tl.reduce(tl.where(rows[:, None] == j, 1.0, 1.0 - m), 0, _mul)
+            others = prod_rows(1.0 - m, rows, L, j)
             dm = tl.where(rows[:, None] == j, dm - (others * Gbg)[None, :], dm)
     for k in tl.static_range(L):
         o_col = occ_column(occ_ptr, s_oj, s_ok, b, k, rows, L).to(m.dtype)
@@ -71,7 +82,7 @@ def composite_grads(m, vis, G, Gbg, occ_ptr, s_oj, s_ok, b, docc_ptr, rows, acti
         mG_k = tl.where(active, row(m, rows, k) * row(G, rows, k), 0.0)
         for j in tl.static_range(L):
             if j != k:
-                p_jk = tl.reduce(tl.where(rows[:, None] == j, 1.0, f), 0, _mul)
+                p_jk = prod_rows(f, rows, L, j)
                 term = p_jk * mG_k
                 o_jk = tl.sum(tl.where(rows == j, o_col, 0.0), axis=0)
                 dm = tl.where(rows[:, None] == j, dm - o_jk * term[None, :], dm)
@@ -134,9 +145,9 @@ def _composite_backward_kernel(dlayers_ptr, dmasks_ptr, docc_ptr, dbg_ptr, grad_
     tl.store(dmasks_ptr + m_offs, dm.to(dmasks_ptr.dtype.element_ty), mask=tile_mask)
 
 
-def _meta(layers: torch.Tensor) -> dict:
+def _meta(layers: torch.Tensor, block: int) -> dict:
     L = layers.shape[0]
-    return dict(L=L, LP=triton.next_power_of_2(L), ACC64=layers.dtype == torch.float64, BLOCK=BLOCK)
+    return dict(L=L, LP=triton.next_power_of_2(L), ACC64=layers.dtype == torch.float64, BLOCK=block)
 
 
 def composite_forward(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
@@ -148,8 +159,9 @@ def composite_forward(layers: torch.Tensor, masks: torch.Tensor, occlusion: torc
         return out
     layers, masks, occlusion = layers.contiguous(), masks.contiguous(), occlusion.contiguous()
     bg = background.contiguous() if background is not None else out
-    _composite_forward_kernel[(B, triton.cdiv(H * W, BLOCK))](
-        out, layers, masks, occlusion, bg, B, C, H * W, HAS_BG=background is not None, **_meta(layers))
+    block = block_size(BLOCK, H * W)
+    _composite_forward_kernel[(B, triton.cdiv(H * W, block))](
+        out, layers, masks, occlusion, bg, B, C, H * W, HAS_BG=background is not None, **_meta(layers, block))
     return out
 
 
@@ -158,7 +170,8 @@ def composite_backward(grad: torch.Tensor, layers: torch.Tensor, masks: torch.Te
                                                                    Optional[torch.Tensor]]:
     """Gradients of :func:`composite_forward` to layers, masks, occlusion and background (None without one)."""
     L, B, C, H, W = layers.shape
-    n_blocks = triton.cdiv(H * W, BLOCK)
+    block = block_size(BLOCK, H * W)
+    n_blocks = triton.cdiv(H * W, block)
     acc = torch.float64 if layers.dtype == torch.float64 else torch.float32
     layers, masks, occlusion, grad = layers.contiguous(), masks.contiguous(), occlusion.contiguous(), grad.contiguous()
     dlayers = torch.empty_like(layers)
@@ -169,7 +182,7 @@ def composite_backward(grad: torch.Tensor, layers: torch.Tensor, masks: torch.Te
         _composite_backward_kernel[(B, n_blocks)](
             dlayers, dmasks, partial, dbg if dbg is not None else dlayers, grad, layers, masks, occlusion,
             background.contiguous() if background is not None else layers, B, C, H * W, n_blocks,
-            HAS_BG=background is not None, **_meta(layers))
+            HAS_BG=background is not None, **_meta(layers, block))
     else:
         dlayers.zero_(), dmasks.zero_()
         if dbg is not None:

@@ -22,7 +22,7 @@ import triton.language as tl
 
 from .composite import visibility
 from .render_loss import pixel_centres, position_coords
-from .sampling import corners, gather4, interp, softclip
+from .sampling import block_size, corners, gather4, interp, softclip
 
 BLOCK = 128
 
@@ -139,12 +139,13 @@ def greedy_select(x: torch.Tensor, candidates: torch.Tensor, masks: Optional[tor
     dist = torch.empty(K, B, dtype=acc, device=x.device)
     selection = x.new_zeros(L, K, B)
     h, w = candidates.shape[-2:]
-    meta = dict(ACC64=x.dtype == torch.float64, BLOCK=BLOCK)
+    block = block_size(BLOCK, HW)
+    meta = dict(ACC64=x.dtype == torch.float64, BLOCK=block)
     mask_strides = (0, 0, 0, 0) if sprite else tuple(masks.stride(i) for i in (1, 2, 4, 5))
     noise_strides = (noise.stride(0), noise.stride(2), noise.stride(3)) if noise is not None else (0, 0, 0)
     for _ in range(n_iter):
         for l in range(L):
-            _prep_kernel[(B, triton.cdiv(HW, BLOCK))](
+            _prep_kernel[(B, triton.cdiv(HW, block))](
                 r, s1, a, x, cur_col, cur_m, occlusion, bg, l, B, C, HW,
                 L=L, LP=triton.next_power_of_2(L), HAS_BG=background is not None, **meta)
             cand = candidates[l]

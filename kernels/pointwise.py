@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .sampling import softclip, softclip_grad
+from .sampling import block_size, softclip, softclip_grad
 
 BLOCK = 256
 
@@ -31,7 +31,8 @@ def softclip_forward(x: torch.Tensor, slope: float) -> torch.Tensor:
     x = x.contiguous()
     out = torch.empty_like(x)
     if x.numel():
-        _softclip_kernel[(triton.cdiv(x.numel(), BLOCK),)](out, x, x, x.numel(), slope, BACKWARD=False, BLOCK=BLOCK)
+        block = block_size(BLOCK, x.numel())
+        _softclip_kernel[(triton.cdiv(x.numel(), block),)](out, x, x, x.numel(), slope, BACKWARD=False, BLOCK=block)
     return out
 
 
@@ -39,7 +40,8 @@ def softclip_backward(grad: torch.Tensor, x: torch.Tensor, slope: float) -> torc
     x, grad = x.contiguous(), grad.contiguous()
     out = torch.empty_like(x)
     if x.numel():
-        _softclip_kernel[(triton.cdiv(x.numel(), BLOCK),)](out, x, grad, x.numel(), slope, BACKWARD=True, BLOCK=BLOCK)
+        block = block_size(BLOCK, x.numel())
+        _softclip_kernel[(triton.cdiv(x.numel(), block),)](out, x, grad, x.numel(), slope, BACKWARD=True, BLOCK=block)
     return out
 
 
@@ -80,7 +82,7 @@ def color_forward(x: torch.Tensor, params: torch.Tensor, slope: float) -> torch.
     out[:, n_color:] = x[:, n_color:]
     if N and h * w:
         _color_kernel[(N, n_color)](out, out, x, params, x, n_color, CE, h * w, slope,
-                                    BACKWARD=False, ACC64=x.dtype == torch.float64, BLOCK=BLOCK)
+                                    BACKWARD=False, ACC64=x.dtype == torch.float64, BLOCK=block_size(BLOCK, h * w))
     return out
 
 
@@ -96,5 +98,5 @@ def color_backward(grad: torch.Tensor, x: torch.Tensor, params: torch.Tensor, sl
     dparams = torch.zeros(params.shape, dtype=acc, device=x.device)
     if N and h * w:
         _color_kernel[(N, n_color)](dx, dparams, x, params, grad, n_color, CE, h * w, slope,
-                                    BACKWARD=True, ACC64=x.dtype == torch.float64, BLOCK=BLOCK)
+                                    BACKWARD=True, ACC64=x.dtype == torch.float64, BLOCK=block_size(BLOCK, h * w))
     return dx, dparams.to(params.dtype)

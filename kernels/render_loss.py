@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from .composite import composite_grads, visibility
-from .sampling import corners, gather4, interp, interp_grad, scatter4, softclip, softclip_grad, source_index
+from .sampling import block_size, corners, gather4, interp, interp_grad, scatter4, softclip, softclip_grad, source_index
 
 BLOCK = 64
 
@@ -178,10 +178,10 @@ def _common(sprites: torch.Tensor, noise: Optional[torch.Tensor]) -> tuple:
     return (*sprites.stride(), *noise_strides)
 
 
-def _meta(sprites: torch.Tensor, background: Optional[torch.Tensor], noise: Optional[torch.Tensor]) -> dict:
+def _meta(sprites: torch.Tensor, background: Optional[torch.Tensor], noise: Optional[torch.Tensor], block: int) -> dict:
     L = sprites.shape[0]
     return dict(L=L, LP=triton.next_power_of_2(L), HAS_BG=background is not None, HAS_NOISE=noise is not None,
-                ACC64=sprites.dtype == torch.float64, BLOCK=BLOCK)
+                ACC64=sprites.dtype == torch.float64, BLOCK=block)
 
 
 def render_loss_forward(x: torch.Tensor, sprites: torch.Tensor, params: torch.Tensor, occlusion: torch.Tensor,
@@ -190,13 +190,14 @@ def render_loss_forward(x: torch.Tensor, sprites: torch.Tensor, params: torch.Te
     B, C, H, W = x.shape
     L, _, _, h, w = sprites.shape
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    n_blocks = triton.cdiv(H * W, BLOCK)
+    block = block_size(BLOCK, H * W)
+    n_blocks = triton.cdiv(H * W, block)
     partial = torch.zeros(B, n_blocks, dtype=acc, device=x.device)
     x, params, occlusion = x.contiguous(), params.contiguous(), occlusion.contiguous()
     bg = background.contiguous() if background is not None else x
     _render_loss_kernel[(B, n_blocks)](
         partial, x, sprites, params, occlusion, bg, noise if noise is not None else x,
-        B, C, H, W, h, w, *_common(sprites, noise), **_meta(sprites, background, noise))
+        B, C, H, W, h, w, *_common(sprites, noise), **_meta(sprites, background, noise, block))
     return (partial.sum() / x.numel()).to(x.dtype)
 
 
@@ -208,7 +209,8 @@ def render_loss_backward(grad: torch.Tensor, x: torch.Tensor, sprites: torch.Ten
     B, C, H, W = x.shape
     L, _, CE, h, w = sprites.shape
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    n_blocks = triton.cdiv(H * W, BLOCK)
+    block = block_size(BLOCK, H * W)
+    n_blocks = triton.cdiv(H * W, block)
     x, params, occlusion = x.contiguous(), params.contiguous(), occlusion.contiguous()
     dsp = torch.zeros(L, B, CE, h, w, dtype=acc, device=x.device)
     dpar = torch.zeros(B, n_blocks, L, 3, dtype=acc, device=x.device)
@@ -219,6 +221,6 @@ def render_loss_backward(grad: torch.Tensor, x: torch.Tensor, sprites: torch.Ten
         dsp, dpar, docc, dbg if dbg is not None else x, dx if dx is not None else x, grad.reshape(1),
         x, sprites, params, occlusion, background.contiguous() if background is not None else x,
         noise if noise is not None else x, B, C, H, W, h, w, 1.0 / x.numel(),
-        *_common(sprites, noise), NEED_DX=need_x, **_meta(sprites, background, noise))
+        *_common(sprites, noise), NEED_DX=need_x, **_meta(sprites, background, noise, block))
     dparams = dpar.sum(1).transpose(0, 1).contiguous().to(params.dtype)
     return dx, dsp.to(sprites.dtype), dparams, docc.sum(1).permute(1, 2, 0).contiguous().to(occlusion.dtype), dbg

@@ -13,6 +13,8 @@ The functions work on tiles of any shape: pointer arguments may be scalars or ti
 """
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
@@ -110,3 +112,11 @@ def scatter4(base, g, o00, o01, o10, o11, m00, m01, m10, m11, wx0, wx1, wy0, wy1
     tl.atomic_add(base + o01, g * (wy0 * wx1), mask=m01)
     tl.atomic_add(base + o10, g * (wy1 * wx0), mask=m10)
     tl.atomic_add(base + o11, g * (wy1 * wx1), mask=m11)
+
+
+def block_size(gpu_block: int, n: int) -> int:
+    """Pixels per program: ``gpu_block`` on a GPU; under ``TRITON_INTERPRET=1`` one power-of-two block
+    covering ``n`` (up to 4096), because the interpreter's cost is per program and per op, not per element."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return min(max(triton.next_power_of_2(max(n, 1)), gpu_block), 4096)
+    return gpu_block

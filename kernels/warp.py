@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .sampling import corners, gather4, interp, interp_grad, scatter4, source_index
+from .sampling import block_size, corners, gather4, interp, interp_grad, scatter4, source_index
 
 AFFINE, PROJECTIVE, TPS = 0, 1, 2
 N_THETA = {AFFINE: 6, PROJECTIVE: 9}
@@ -188,11 +188,12 @@ def warp_forward(x: torch.Tensor, theta: torch.Tensor, index: Optional[torch.Ten
     theta = theta.contiguous()
     g2 = theta.shape[1] if mode == TPS else 1
     dummy = theta
-    grid = (N, triton.cdiv(H * W, BLOCK))
+    block = block_size(BLOCK, H * W)
+    grid = (N, triton.cdiv(H * W, block))
     _warp_forward_kernel[grid](
         out, x, theta, index if index is not None else dummy, tps_weights if tps_weights is not None else dummy,
         *_launch_args(x, out_size), *x.stride(),
-        MODE=mode, G2=g2, HAS_INDEX=index is not None, BORDER=border, ACC64=x.dtype == torch.float64, BLOCK=BLOCK)
+        MODE=mode, G2=g2, HAS_INDEX=index is not None, BORDER=border, ACC64=x.dtype == torch.float64, BLOCK=block)
     return out
 
 
@@ -206,7 +207,8 @@ def warp_backward(grad: torch.Tensor, x: torch.Tensor, theta: torch.Tensor, inde
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     theta = theta.contiguous()
     grad = grad.contiguous()
-    n_blocks = triton.cdiv(H * W, BLOCK)
+    block = block_size(BLOCK, H * W)
+    n_blocks = triton.cdiv(H * W, block)
     n_theta = theta[0].numel() if N else N_THETA.get(mode, 0)
     dx_samples = torch.zeros(N, C, h, w, dtype=acc, device=x.device) if need_dx else None
     partial = torch.zeros(N, n_blocks, max(n_theta, 1), dtype=acc, device=x.device) if need_dtheta else None
@@ -218,7 +220,7 @@ def warp_backward(grad: torch.Tensor, x: torch.Tensor, theta: torch.Tensor, inde
             index if index is not None else dummy, tps_weights if tps_weights is not None else dummy,
             *_launch_args(x, out_size), n_blocks, *x.stride(),
             MODE=mode, G2=g2, N_THETA=n_theta, HAS_INDEX=index is not None, BORDER=border,
-            NEED_DX=need_dx, NEED_DTHETA=need_dtheta, ACC64=x.dtype == torch.float64, BLOCK=BLOCK)
+            NEED_DX=need_dx, NEED_DTHETA=need_dtheta, ACC64=x.dtype == torch.float64, BLOCK=block)
     dx = dtheta = None
     if need_dx:
         if index is None:
