@@ -54,7 +54,7 @@ def read_image(path: str | os.PathLike, mode: str = "RGB", size: Optional[tuple[
         raise ValueError(f"cannot read image {path}: {e}") from e
     if size is not None and (im.height, im.width) != tuple(size):
         im = im.resize((size[1], size[0]), resample)
-    return np.asarray(im, dtype=np.uint8)
+    return np.array(im, dtype=np.uint8)
 
 
 def read_label_map(path: str | os.PathLike, size: Optional[tuple[int, int]] = None) -> np.ndarray:
