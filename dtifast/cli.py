@@ -95,6 +95,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     # Subcommands owned by other modules.
     from . import compat
+    from .data import cli as data_cli
+    data_cli.add_parser(sub)
     compat.add_parser(sub)
     return parser
 

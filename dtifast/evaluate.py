@@ -172,7 +172,7 @@ def evaluate_run(run_dir: str | os.PathLike, data_root: Optional[str | os.PathLi
     run_dir = pathlib.Path(run_dir)
     start = time.perf_counter()
     cfg, model, state = load_run(run_dir, device)
-    probe = build_dataset(cfg["dataset"], "eval", data_root)
+    probe = build_dataset(cfg["dataset"], "eval", data_root, cache="none")  # metadata only, decodes nothing
     check_dataset_matches(cfg, probe, state.get("meta"))
     dataset = build_dataset(cfg["dataset"], "eval", data_root, **_val_target_kwargs(probe))
     result = evaluate_model(model, dataset, batch_size=batch_size or cfg["training"]["batch_size"], device=device,

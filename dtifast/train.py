@@ -181,13 +181,17 @@ class EpochSampler(Sampler[int]):
     images before.
     """
 
-    def __init__(self, n: int, seed: int, epoch: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+    def __init__(self, n: int, seed: int, epoch: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
                  start: int = 0):
         if n < 1:
             raise ValueError("the dataset is empty (0 images); nothing to train on")
         self.n, self.seed, self.epoch, self.shuffle = n, seed, epoch, shuffle
         self.rank, self.world_size, self.start = rank, world_size, start
         self.per_rank = math.ceil(n / world_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Serve epoch ``epoch`` from its ``start``-th index on (the DataLoader keeps this sampler)."""
+        self.epoch, self.start = epoch, start
 
     def indices(self) -> list[int]:
         if self.shuffle:
@@ -257,7 +261,8 @@ def check_dataset_matches(cfg: Mapping[str, Any], dataset: Dataset, meta: Option
                           ) -> None:
     """Fail before training when the config (or a checkpoint's ``meta``) does not fit the dataset.
 
-    Checks: the config's ``dataset.img_size`` / ``dataset.n_channels`` against the dataset's; the
+    Checks: the config's ``dataset.img_size`` (which the datasets resize to; one that does not is refused) /
+    ``dataset.n_channels`` against the dataset's; the
     sprite size against the image size; a checkpoint's image size, channels and number of classes
     against the dataset's; ``eval_semantic`` on a dataset without semantic classes.
     """
@@ -435,6 +440,8 @@ class Trainer:
             backend = compile_opt if isinstance(compile_opt, str) else "inductor"
             self.forward_model = torch.compile(self.forward_model, backend=backend)
         self.progress = progress
+        self._train_loader: Optional[DataLoader] = None
+        self._sampler: Optional[EpochSampler] = None
         self.tb = self._tensorboard() if self.dist.is_main and tcfg["tensorboard"] else None
         self.checkpoint_interval = tcfg["checkpoint_interval"] or tcfg["val_stat_interval"]
         self._log(f"run {self.run_dir}: {len(self.train_set)} train / {len(self.val_set)} val images, "
@@ -648,15 +655,23 @@ class Trainer:
         return scores
 
     def _loader(self, epoch: int, start_batch: int) -> DataLoader:
-        sampler = EpochSampler(len(self.train_set), self.seed, epoch, True, self.dist.rank, self.dist.world_size,
-                               start=start_batch * self.batch_size)
-        # Its own generator: creating the iterator must not draw from torch's global stream, or a
-        # resumed run (which creates one mid-epoch) would see different random numbers.
-        gen = torch.Generator().manual_seed(self.seed * 100003 + epoch)
-        workers = self.cfg["training"]["n_workers"]
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
-                          generator=gen, pin_memory=self.device.type == "cuda", drop_last=False,
-                          persistent_workers=False)
+        """The training DataLoader, set to serve ``epoch`` from batch ``start_batch`` on.
+
+        Built once (so worker processes persist across epochs) around an :class:`EpochSampler`; not
+        :func:`dtifast.data.make_loader`, whose shuffling state cannot start mid-epoch or shard over ranks.
+        """
+        if self._train_loader is None:
+            self._sampler = EpochSampler(len(self.train_set), self.seed, rank=self.dist.rank,
+                                         world_size=self.dist.world_size)
+            workers = self.cfg["training"]["n_workers"]
+            extra = {"persistent_workers": True, "prefetch_factor": 4} if workers > 0 else {}
+            # Its own generator: starting an epoch must not draw from torch's global stream, or a resumed
+            # run (which starts one mid-epoch) would see different random numbers afterwards.
+            self._train_loader = DataLoader(self.train_set, batch_size=self.batch_size, sampler=self._sampler,
+                                            num_workers=workers, generator=torch.Generator().manual_seed(self.seed),
+                                            pin_memory=self.device.type == "cuda", drop_last=False, **extra)
+        self._sampler.set_epoch(epoch, start_batch * self.batch_size)
+        return self._train_loader
 
     # -- the loop --------------------------------------------------------------------------------------
 
