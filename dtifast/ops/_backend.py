@@ -8,7 +8,7 @@ Backends:
 * ``triton`` — the fused Triton kernels on CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``).
 
 Precedence: the ``backend=`` argument > the ``DTIFAST_BACKEND`` environment variable > the device's
-default (``cpu`` on CPU). A default backend that does not implement an op yet
+default (``triton`` on CUDA, ``cpu`` on CPU). A default backend that does not implement an op yet
 leaves that op to ``torch``; an explicitly chosen backend that lacks the op, or that cannot be
 imported, is an error that says what to install. Nothing falls back silently once chosen.
 
@@ -31,7 +31,7 @@ BACKEND_MODULES = {
     "triton": "dtifast.ops._triton",
 }
 BACKENDS = tuple(BACKEND_MODULES)
-DEFAULT_BACKEND = {"cpu": "cpu"}
+DEFAULT_BACKEND = {"cuda": "triton", "cpu": "cpu"}
 _INSTALL_HINT = {
     "cpu": "reinstall dtifast with `pip install --no-build-isolation -e .` so that dtifast._C is built",
     "cuda": "install dtifast on a machine whose torch has CUDA and nvcc, so that the CUDA kernels are built",
