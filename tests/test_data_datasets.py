@@ -76,6 +76,12 @@ def test_build_dataset_and_loader(root):
     torch.testing.assert_close(batches[2][0], again[2][0])
     seen = torch.cat([b[0] for b in make_loader(ds, 100, shuffle=False, workers=2)])
     torch.testing.assert_close(seen[17], ds[17][0])
+    # the batched path (get_batch) gives what per-item reads give, cached or not
+    for cache in ("auto", "none"):
+        both = MultiObjectDataset(root, "tetrominoes", "val", target="both", cache=cache)
+        x, y = next(iter(make_loader(both, 7, shuffle=False, workers=0)))
+        torch.testing.assert_close(x, torch.stack([both[i][0] for i in range(7)]))
+        torch.testing.assert_close(y["instance"], torch.stack([both[i][1]["instance"] for i in range(7)]))
     with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
         build_dataset({"name": "mnist"}, "train", root)
     with pytest.raises(ValueError, match="tag"):
@@ -97,6 +103,8 @@ def test_folder_dataset_layouts(tmp_path):
     ds = build_dataset({"name": "gtsrb8"}, "train", tmp_path)
     assert len(ds) == 6 and ds.n_classes == 8 and ds.img_size == (28, 28) and not ds.multi_object
     assert sorted({ds[i][1] for i in range(6)}) == [0, 1]
+    x, y = next(iter(make_loader(ds, 6, shuffle=False, workers=0)))
+    assert y.tolist() == [ds[i][1] for i in range(6)] and x.shape == (6, 3, 28, 28)
     assert ds[0][0].shape == (3, 28, 28)
     # plain folder, labels file
     plain = tmp_path / "plain"
@@ -123,6 +131,8 @@ def test_horse_and_instagram(tmp_path):
     x, y = ds[1]
     assert x.shape == (3, 32, 32) and y.shape == (32, 32) and y.dtype == torch.long and set(y.unique().tolist()) == {0, 1}
     assert ds.n_classes == 2 and len(build_dataset({"name": "weizmann_horse"}, "val", tmp_path)) == 4
+    x, y = next(iter(make_loader(ds, 4, shuffle=False, workers=0)))
+    torch.testing.assert_close(y, torch.stack([ds[i][1] for i in range(4)]))
     (horse / "masks" / "horse002.png").unlink()
     with pytest.raises(FileNotFoundError, match="horse002"):
         build_dataset({"name": "weizmann_horse"}, "train", tmp_path)
@@ -182,3 +192,19 @@ def test_cli_make_and_preview(tmp_path, capsys):
     add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["data", "make", "tetrominoes", "--out", str(tmp_path), "--n", "2", "--no-progress"])
     assert args.func(args) == 0 and (tmp_path / "tetrominoes" / "images" / "1.png").is_file()
+
+
+def test_svhn_mat_files(tmp_path):
+    from scipy.io import savemat
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 30), ("test", 120), ("extra", 10)):
+        savemat(tmp_path / f"{part}_32x32.mat", {"X": rng.integers(0, 255, (32, 32, 3, n), dtype=np.uint8),
+                                                  "y": rng.integers(1, 11, (n, 1))})
+    train = build_dataset({"name": "svhn"}, "train", tmp_path)
+    assert len(train) == 160 and train.n_classes == 10 and train[0][0].shape == (3, 32, 32)
+    assert len(build_dataset({"name": "svhn"}, "eval", tmp_path)) == 150
+    val = build_dataset({"name": "svhn"}, "val", tmp_path)
+    assert len(val) == 100 and 0 <= min(val[i][1] for i in range(100)) and max(val[i][1] for i in range(100)) <= 9
+    (tmp_path / "extra_32x32.mat").unlink()
+    with pytest.raises(FileNotFoundError, match="extra_32x32.mat"):
+        build_dataset({"name": "svhn"}, "train", tmp_path)

@@ -82,6 +82,19 @@ class ImageArrayDataset(Dataset):
         return image, int(self.labels[i])
 
 
+    def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items ``indices`` batched: images ``(B, 3, H, W)`` and labels ``(B,)`` or masks ``(B, H, W)``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        images = getattr(self, "_images", None)
+        if images is None or (getattr(self, "mask_files", None) is not None and getattr(self, "_masks", None) is None):
+            return torch.utils.data.default_collate([self[int(i)] for i in idx])
+        x = torch.from_numpy(np.asarray(images[idx])).permute(0, 3, 1, 2).contiguous().float().div_(255)
+        masks = getattr(self, "_masks", None)
+        if masks is not None:
+            return x, torch.from_numpy((np.asarray(masks[idx]) > 0).astype(np.int64))
+        return x, torch.from_numpy(np.asarray(self.labels)[idx].astype(np.int64))
+
+
 class FolderDataset(ImageArrayDataset):
     """A single-object image folder (see the module docstring for the layouts), resized to ``img_size``.
 

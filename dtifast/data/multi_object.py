@@ -210,6 +210,21 @@ class MultiObjectDataset(Dataset):
                            "instance": torch.from_numpy(item["instance"]).long()}
         return image, torch.from_numpy(item[self.target]).long()
 
+    def get_batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | dict[str, torch.Tensor]]:
+        """Items ``indices`` already batched: images ``(B, C, H, W)``, targets ``(B, H, W)`` (or a dict).
+
+        One fancy-indexing read per array when the set is cached (what :func:`make_loader` uses).
+        """
+        idx = np.asarray(indices, dtype=np.int64)
+        if len(self._arrays) != len(self.keys):
+            items = [self[int(i)] for i in idx]
+            return torch.utils.data.default_collate(items)
+        rows = self._array_rows[idx]
+        image = torch.from_numpy(np.asarray(self._arrays["image"][rows])).permute(0, 3, 1, 2).contiguous()
+        image = image.float().div_(255)
+        maps = {k: torch.from_numpy(np.asarray(self._arrays[k][rows])).long() for k in self.keys[1:]}
+        return image, (maps if self.target == "both" else maps[self.target])
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, n={len(self)}/{self.n_total}, "
                 f"img_size={self.img_size}, target={self.target!r}, folder={str(self.folder)!r})")
