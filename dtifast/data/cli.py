@@ -60,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dtifast.data")
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["data", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as e:

@@ -33,13 +33,13 @@ COLORS = np.array([[87, 87, 87], [173, 35, 35], [42, 75, 215], [29, 105, 20], [1
 CLASS_NAMES = ("background",) + tuple(f"{z} {s}" for s in SHAPE_NAMES for z in SIZE_NAMES)
 N_CLASSES = len(CLASS_NAMES)
 CUBE_HALF = 0.8  # cube half-side / radius
-AREA = 3.0  # object centres in [-AREA, AREA]²
+AREA = 2.8  # object centres in [-AREA, AREA]²
 MIN_GAP = 0.1  # between the bounding circles of two footprints
 MIN_VISIBLE = 20
 
 CAMERA = np.array([7.0, -7.0, 6.0])
 LOOK_AT = np.array([0.0, 0.0, 0.0])
-FOV_DEG = 36.0
+FOV_DEG = 40.0
 FLOOR_ALBEDO = 0.4
 SKY = 0.75  # linear gray above the horizon
 AMBIENT = 0.25
