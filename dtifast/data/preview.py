@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Optional
 
 import numpy as np
 from PIL import Image

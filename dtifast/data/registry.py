@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 from torch.utils.data import Dataset
 

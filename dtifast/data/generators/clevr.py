@@ -86,7 +86,7 @@ def _hit_cube(o, d, c, half, angle):
     ox, oy, oz = cos * rel[:, :1] + sin * rel[:, 1:2], -sin * rel[:, :1] + cos * rel[:, 1:2], rel[:, 2:]
     dx, dy = cos * d[None, :, 0] + sin * d[None, :, 1], -sin * d[None, :, 0] + cos * d[None, :, 1]  # (M, P)
     dz = np.broadcast_to(d[None, :, 2], dx.shape)
-    tnear, tfar, axis = np.full(dx.shape, -np.inf, np.float32), np.full(dx.shape, np.inf, np.float32), None
+    tnear, tfar = np.full(dx.shape, -np.inf, np.float32), np.full(dx.shape, np.inf, np.float32)
     sign = np.zeros(dx.shape + (3,), np.float32)
     h = half[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
