@@ -6,13 +6,23 @@ the CPU or CUDA kernel by the tensors' device. Autograd is attached here with
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from dtifast import _C  # noqa: F401  (registers torch.ops.dtifast.*)
 
-from ._checks import check_tensor
+from . import reference
+from ._checks import check_tensor, check_warp_inputs
 
 _NATIVE_DTYPES = (torch.float32, torch.float64)
+
+
+def _check_native(t: torch.Tensor, name: str) -> None:
+    """The kernels exist for float32/float64 on CPU (and CUDA where built); say so rather than fail deep."""
+    check_tensor(t, name, dtypes=_NATIVE_DTYPES, finite=False)
+    if t.device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"{name} must be on CPU or CUDA for the native backend, got {t.device}")
 
 
 def _softclip_setup_context(ctx, inputs, output):
@@ -38,3 +48,95 @@ def softclip(x: torch.Tensor, slope: float = 0.01) -> torch.Tensor:
     """Native :func:`dtifast.ops.reference.softclip` (float32/float64)."""
     check_tensor(x, "x", dtypes=_NATIVE_DTYPES, finite=False)
     return torch.ops.dtifast.softclip(x, float(slope))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Warps: one C++ op (dtifast::warp) for the three grid families; the raw head parameters become the
+# transform the kernel reads through the reference's own matrix functions, so autograd chains the
+# kernel's theta gradient to the parameters without a second copy of that math.
+# ----------------------------------------------------------------------------------------------------
+
+_AFFINE, _PROJECTIVE, _TPS = 0, 1, 2  # csrc/sampling.h WarpMode
+
+
+@torch.library.register_fake("dtifast::warp")
+def _warp_fake(x, theta, wts, mode, out_h, out_w, border):
+    return x.new_empty(x.shape[0], x.shape[1], out_h, out_w)
+
+
+@torch.library.register_fake("dtifast::warp_backward")
+def _warp_backward_fake(grad, x, theta, wts, mode, out_h, out_w, border, need_x, need_theta):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else x.new_empty(0),
+            torch.empty_like(theta, memory_format=torch.contiguous_format) if need_theta else x.new_empty(0))
+
+
+def _warp_setup_context(ctx, inputs, output):
+    x, theta, wts, mode, out_h, out_w, border = inputs
+    ctx.save_for_backward(x, theta, wts)
+    ctx.meta = (mode, out_h, out_w, border)
+
+
+def _warp_backward(ctx, grad):
+    x, theta, wts = ctx.saved_tensors
+    need_x, need_theta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dx, dtheta = torch.ops.dtifast.warp_backward(grad, x, theta, wts, *ctx.meta, need_x, need_theta)
+    return (dx if need_x else None), (dtheta if need_theta else None), None, None, None, None, None
+
+
+torch.library.register_autograd("dtifast::warp", _warp_backward, setup_context=_warp_setup_context)
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor, wts: Optional[torch.Tensor], mode: int, out_size: tuple[int, int],
+          padding: str) -> torch.Tensor:
+    _check_native(x, "x")
+    return torch.ops.dtifast.warp(x, theta, wts, mode, out_size[0], out_size[1], padding == "border")
+
+
+def warp_position(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
+                  padding: str = "zeros") -> torch.Tensor:
+    """Native :func:`dtifast.ops.reference.warp_position`: same convention (``F.affine_grid`` pixel
+    centres, ``align_corners=False`` bilinear), arguments ``x`` ``(N, C, h, w)``, ``params`` ``(N, 3)``
+    and result ``(N, C, H, W)``; the grid is computed on the fly, never stored."""
+    out_size = check_warp_inputs(x, params, 3, out_size, padding)
+    return _warp(x, reference.position_matrix(params).reshape(-1, 6), None, _AFFINE, out_size, padding)
+
+
+def warp_similarity(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
+                    padding: str = "zeros") -> torch.Tensor:
+    """Native :func:`dtifast.ops.reference.warp_similarity`; ``params`` ``(N, 4)`` as ``(a, b, tx, ty)``."""
+    out_size = check_warp_inputs(x, params, 4, out_size, padding)
+    return _warp(x, reference.similarity_matrix(params).reshape(-1, 6), None, _AFFINE, out_size, padding)
+
+
+def warp_affine(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
+                padding: str = "zeros") -> torch.Tensor:
+    """Native :func:`dtifast.ops.reference.warp_affine`; ``params`` ``(N, 6)``, the 2×3 matrix row-major."""
+    out_size = check_warp_inputs(x, params, 6, out_size, padding)
+    return _warp(x, reference.affine_matrix(params).reshape(-1, 6), None, _AFFINE, out_size, padding)
+
+
+def warp_projective(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
+                    padding: str = "zeros") -> torch.Tensor:
+    """Native :func:`dtifast.ops.reference.warp_projective`.
+
+    **Convention:** output pixels on ``linspace(-1, 1)`` per axis (kornia 0.3, not pixel centres),
+    ``(u, v, w) = H·(x, y, 1)``, sample at ``(u/w, v/w)`` or ``(u, v)`` where ``|w| <= 1e-8``;
+    ``params`` ``(N, 9)`` row-major, ``H = params + I``.
+    """
+    out_size = check_warp_inputs(x, params, 9, out_size, padding)
+    return _warp(x, reference.projective_matrix(params).reshape(-1, 9), None, _PROJECTIVE, out_size, padding)
+
+
+def warp_tps(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], padding: str = "zeros",
+             grid_size: int = 4) -> torch.Tensor:
+    """Native :func:`dtifast.ops.reference.warp_tps`: ``params`` ``(N, grid_size², 2)`` offsets (or flat
+    ``(N, 2·grid_size²)``); the kernel evaluates ``W @ (control points + params)`` per pixel with the
+    reference's ``(H·W, grid_size²)`` matrix W."""
+    if not isinstance(grid_size, int) or grid_size < 2:
+        raise ValueError(f"grid_size must be an int >= 2, got {grid_size!r}")
+    if isinstance(params, torch.Tensor) and params.dim() == 2 and params.shape[1] == 2 * grid_size ** 2:
+        params = params.view(params.shape[0], grid_size ** 2, 2)
+    out_size = check_warp_inputs(x, params, (grid_size ** 2, 2), out_size, padding)
+    source = reference.tps_control_points(grid_size, params.dtype, params.device) + params
+    wts = reference.tps_weights(grid_size, out_size, params.dtype, params.device)
+    return _warp(x, source, wts, _TPS, out_size, padding)

@@ -1,0 +1,198 @@
+// Grid math and bilinear sampling shared by the CPU (csrc/*.cpp) and CUDA (csrc/cuda/*.cu) kernels.
+//
+// Plain raw-pointer inline functions, no ATen: nvcc compiles them alone (tests/test_cuda_sources.py).
+// Semantics are those of dtifast/ops/reference.py:
+//   * F.grid_sample(mode="bilinear", align_corners=False), padding zeros or border;
+//   * affine grids (position / similarity / affine) on pixel centres, F.affine_grid(align_corners=False);
+//   * projective grids on linspace(-1, 1), homogeneous divide unless |w| <= 1e-8 (kornia 0.3);
+//   * TPS grids = W @ source control points, W the (H*W, G*G) interpolation matrix from Python.
+// Every forward helper has a backward twin here, so forward and backward cannot drift apart.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define DTIFAST_HD __host__ __device__ __forceinline__
+#else
+#define DTIFAST_HD inline
+#endif
+
+namespace dtifast {
+
+enum WarpMode : int { kAffine = 0, kProjective = 1, kTps = 2 };
+
+constexpr double kHomogeneousEps = 1e-8;
+
+// Output pixel j of n on F.affine_grid's base grid (align_corners=False): linspace(-1, 1, n) * (n - 1) / n.
+template <typename T>
+DTIFAST_HD T pixel_centre(int64_t j, int64_t n) {
+  return (static_cast<T>(2 * j + 1) / static_cast<T>(n)) - T(1);
+}
+
+// torch.linspace(-1, 1, n)[j], computed the way torch does (from both ends, so the last point is exactly 1).
+template <typename T>
+DTIFAST_HD T linspace_point(int64_t j, int64_t n) {
+  if (n == 1) return T(-1);
+  const T step = T(2) / static_cast<T>(n - 1);
+  return j < n / 2 ? T(-1) + step * static_cast<T>(j) : T(1) - step * static_cast<T>(n - 1 - j);
+}
+
+// Normalised sampling location (gx, gy) of output pixel (i, j) of an (H, W) output.
+//   kAffine:     theta (6,) row-major 2x3 matrix applied to the pixel-centre point;
+//   kProjective: theta (9,) row-major homography applied to the linspace point;
+//   kTps:        theta (G2, 2) source control points, wts the (H*W, G2) matrix; gx, gy = wts[p] @ theta.
+template <typename T>
+DTIFAST_HD void grid_point(int mode, const T* theta, const T* wts, int64_t g2, int64_t i, int64_t j, int64_t H,
+                           int64_t W, T& gx, T& gy) {
+  if (mode == kAffine) {
+    const T x = pixel_centre<T>(j, W), y = pixel_centre<T>(i, H);
+    gx = theta[0] * x + theta[1] * y + theta[2];
+    gy = theta[3] * x + theta[4] * y + theta[5];
+  } else if (mode == kProjective) {
+    const T x = linspace_point<T>(j, W), y = linspace_point<T>(i, H);
+    const T u = theta[0] * x + theta[1] * y + theta[2];
+    const T v = theta[3] * x + theta[4] * y + theta[5];
+    const T w = theta[6] * x + theta[7] * y + theta[8];
+    const T s = (w > T(kHomogeneousEps) || w < -T(kHomogeneousEps)) ? T(1) / w : T(1);
+    gx = u * s;
+    gy = v * s;
+  } else {
+    const T* row = wts + (i * W + j) * g2;
+    T ax = 0, ay = 0;
+    for (int64_t g = 0; g < g2; ++g) {
+      ax += row[g] * theta[2 * g];
+      ay += row[g] * theta[2 * g + 1];
+    }
+    gx = ax;
+    gy = ay;
+  }
+}
+
+// Backward of grid_point: adds d(loss)/d(theta) for the pixel's grid gradient (dgx, dgy) into dtheta.
+template <typename T>
+DTIFAST_HD void grid_point_backward(int mode, const T* theta, const T* wts, int64_t g2, int64_t i, int64_t j,
+                                    int64_t H, int64_t W, T dgx, T dgy, T* dtheta) {
+  if (mode == kAffine) {
+    const T x = pixel_centre<T>(j, W), y = pixel_centre<T>(i, H);
+    dtheta[0] += dgx * x;
+    dtheta[1] += dgx * y;
+    dtheta[2] += dgx;
+    dtheta[3] += dgy * x;
+    dtheta[4] += dgy * y;
+    dtheta[5] += dgy;
+  } else if (mode == kProjective) {
+    const T x = linspace_point<T>(j, W), y = linspace_point<T>(i, H);
+    const T w = theta[6] * x + theta[7] * y + theta[8];
+    T du = dgx, dv = dgy, dw = 0;
+    if (w > T(kHomogeneousEps) || w < -T(kHomogeneousEps)) {
+      const T u = theta[0] * x + theta[1] * y + theta[2];
+      const T v = theta[3] * x + theta[4] * y + theta[5];
+      const T inv = T(1) / w;
+      du = dgx * inv;
+      dv = dgy * inv;
+      dw = -(dgx * u + dgy * v) * inv * inv;
+    }
+    dtheta[0] += du * x;
+    dtheta[1] += du * y;
+    dtheta[2] += du;
+    dtheta[3] += dv * x;
+    dtheta[4] += dv * y;
+    dtheta[5] += dv;
+    dtheta[6] += dw * x;
+    dtheta[7] += dw * y;
+    dtheta[8] += dw;
+  } else {
+    const T* row = wts + (i * W + j) * g2;
+    for (int64_t g = 0; g < g2; ++g) {
+      dtheta[2 * g] += row[g] * dgx;
+      dtheta[2 * g + 1] += row[g] * dgy;
+    }
+  }
+}
+
+// The four taps of one bilinear sample of an (h, w) plane, as F.grid_sample computes them.
+template <typename T>
+struct Bilinear {
+  int64_t offset[4];  // y * w + x of nw, ne, sw, se; only meaningful where valid
+  bool valid[4];
+  T weight[4];
+  T ix, iy;            // unnormalised (and, for border, clipped) source coordinates
+  T x0, y0;            // floor(ix), floor(iy)
+  T dx_mult, dy_mult;  // d ix / d gx and d iy / d gy, including the border clip's zero gradient
+};
+
+// Source coordinate of normalised coordinate g on an axis of n pixels (align_corners=False), with its
+// derivative; border padding clips to [0, n - 1] (zero gradient at and beyond the ends, as torch).
+template <typename T>
+DTIFAST_HD T source_index(T g, int64_t n, bool border, T& mult) {
+  T c = ((g + T(1)) * static_cast<T>(n) - T(1)) / T(2);
+  mult = static_cast<T>(n) / T(2);
+  if (border) {
+    const T hi = static_cast<T>(n - 1);
+    if (c <= T(0)) {
+      c = T(0);
+      mult = T(0);
+    } else if (c >= hi) {
+      c = hi;
+      mult = T(0);
+    }
+  }
+  return c;
+}
+
+template <typename T>
+DTIFAST_HD Bilinear<T> bilinear_taps(T gx, T gy, int64_t h, int64_t w, bool border) {
+  Bilinear<T> b;
+  b.ix = source_index<T>(gx, w, border, b.dx_mult);
+  b.iy = source_index<T>(gy, h, border, b.dy_mult);
+  b.x0 = floor(b.ix);
+  b.y0 = floor(b.iy);
+  const T x1 = b.x0 + T(1), y1 = b.y0 + T(1);
+  b.weight[0] = (x1 - b.ix) * (y1 - b.iy);
+  b.weight[1] = (b.ix - b.x0) * (y1 - b.iy);
+  b.weight[2] = (x1 - b.ix) * (b.iy - b.y0);
+  b.weight[3] = (b.ix - b.x0) * (b.iy - b.y0);
+  // Coordinates far outside the image must not overflow int64 before the bounds check.
+  const T lim = static_cast<T>(h > w ? h : w) + T(2);
+  const bool inside = b.x0 > -lim && b.x0 < lim && b.y0 > -lim && b.y0 < lim;
+  const int64_t xi = inside ? static_cast<int64_t>(b.x0) : -2;
+  const int64_t yi = inside ? static_cast<int64_t>(b.y0) : -2;
+  for (int t = 0; t < 4; ++t) {
+    const int64_t x = xi + (t & 1), y = yi + (t >> 1);
+    b.valid[t] = x >= 0 && x < w && y >= 0 && y < h;
+    b.offset[t] = b.valid[t] ? y * w + x : 0;
+  }
+  return b;
+}
+
+// One channel: the bilinear interpolation of plane (h*w values) at the taps.
+template <typename T>
+DTIFAST_HD T bilinear_read(const Bilinear<T>& b, const T* plane) {
+  T acc = 0;
+  for (int t = 0; t < 4; ++t) {
+    if (b.valid[t]) acc += b.weight[t] * plane[b.offset[t]];
+  }
+  return acc;
+}
+
+// One channel's backward: scatters g * weight into dplane (if not null) and adds the gradient with
+// respect to the unnormalised coordinates into (gix, giy).
+template <typename T>
+DTIFAST_HD void bilinear_backward(const Bilinear<T>& b, const T* plane, T g, T* dplane, T& gix, T& giy) {
+  const T v0 = b.valid[0] ? plane[b.offset[0]] : T(0);
+  const T v1 = b.valid[1] ? plane[b.offset[1]] : T(0);
+  const T v2 = b.valid[2] ? plane[b.offset[2]] : T(0);
+  const T v3 = b.valid[3] ? plane[b.offset[3]] : T(0);
+  const T wy1 = b.y0 + T(1) - b.iy, wy0 = b.iy - b.y0;
+  const T wx1 = b.x0 + T(1) - b.ix, wx0 = b.ix - b.x0;
+  gix += g * ((v1 - v0) * wy1 + (v3 - v2) * wy0);
+  giy += g * ((v2 - v0) * wx1 + (v3 - v1) * wx0);
+  if (dplane != nullptr) {
+    for (int t = 0; t < 4; ++t) {
+      if (b.valid[t]) dplane[b.offset[t]] += g * b.weight[t];
+    }
+  }
+}
+
+}  // namespace dtifast

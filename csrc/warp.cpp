@@ -1,0 +1,133 @@
+// Fused grid generation + bilinear sampling on CPU for every warp family (affine, projective, TPS).
+//
+//   dtifast::warp(x, theta, wts, mode, out_h, out_w, border) -> out
+//   dtifast::warp_backward(grad, x, theta, wts, mode, out_h, out_w, border, need_x, need_theta) -> (dx, dtheta)
+//
+// x (N, C, h, w); theta (N, 6) affine matrix, (N, 9) homography or (N, G2, 2) TPS source points (what
+// sampling.h reads; Python builds it from the raw head outputs with the reference's matrix functions,
+// so autograd chains dtheta to the parameters); wts the (H*W, G2) TPS matrix, only for mode kTps.
+// The forward parallelises over output rows; the backward over images, each image's input and theta
+// gradients summed by one thread in pixel order, so results do not depend on the thread count.
+#include <torch/library.h>
+
+#include "common.h"
+#include "sampling.h"
+
+namespace dtifast {
+namespace {
+
+void check_warp(const at::Tensor& x, const at::Tensor& theta, const std::optional<at::Tensor>& wts, int64_t mode,
+                int64_t out_h, int64_t out_w) {
+  check_cpu(x, "x");
+  check_like(theta, "theta", x);
+  TORCH_CHECK(x.dim() == 4, "x must be (N, C, h, w), got ", x.sizes());
+  TORCH_CHECK(out_h > 0 && out_w > 0, "out size must be positive, got (", out_h, ", ", out_w, ")");
+  TORCH_CHECK(mode == kAffine || mode == kProjective || mode == kTps, "unknown warp mode ", mode);
+  const int64_t n = x.size(0);
+  if (mode == kAffine) check_sizes(theta, "theta", {n, 6});
+  if (mode == kProjective) check_sizes(theta, "theta", {n, 9});
+  TORCH_CHECK(wts.has_value() == (mode == kTps), "wts must be given exactly for TPS warps");
+  if (mode == kTps) {
+    check_sizes(theta, "theta", {n, -1, 2});
+    check_like(*wts, "wts", x);
+    check_sizes(*wts, "wts", {out_h * out_w, theta.size(1)});
+  }
+}
+
+int64_t theta_size(const at::Tensor& theta) { return theta.numel() / std::max<int64_t>(theta.size(0), 1); }
+
+at::Tensor warp_cpu(const at::Tensor& x_in, const at::Tensor& theta_in, const std::optional<at::Tensor>& wts_in,
+                    int64_t mode, int64_t out_h, int64_t out_w, bool border) {
+  check_warp(x_in, theta_in, wts_in, mode, out_h, out_w);
+  const at::Tensor x = x_in.contiguous(), theta = theta_in.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), h = x.size(2), w = x.size(3), P = theta_size(theta);
+  const int64_t g2 = mode == kTps ? theta.size(1) : 0;
+  at::Tensor out = at::empty({N, C, out_h, out_w}, x.options());
+  at::Tensor wts_holder;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "warp_cpu", [&] {
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    const scalar_t* th = theta.const_data_ptr<scalar_t>();
+    const scalar_t* wts = optional_ptr<scalar_t>(wts_in, wts_holder);
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(out_w * C, 1));
+    at::parallel_for(0, N * out_h, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / out_h, i = row % out_h;
+        const scalar_t* img = src + n * C * h * w;
+        for (int64_t j = 0; j < out_w; ++j) {
+          scalar_t gx, gy;
+          grid_point<scalar_t>(mode, th + n * P, wts, g2, i, j, out_h, out_w, gx, gy);
+          const Bilinear<scalar_t> b = bilinear_taps<scalar_t>(gx, gy, h, w, border);
+          scalar_t* o = dst + (n * C * out_h + i) * out_w + j;
+          for (int64_t c = 0; c < C; ++c) o[c * out_h * out_w] = bilinear_read(b, img + c * h * w);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                     const at::Tensor& theta_in,
+                                                     const std::optional<at::Tensor>& wts_in, int64_t mode,
+                                                     int64_t out_h, int64_t out_w, bool border, bool need_x,
+                                                     bool need_theta) {
+  check_warp(x_in, theta_in, wts_in, mode, out_h, out_w);
+  check_like(grad_in, "grad", x_in);
+  check_sizes(grad_in, "grad", {x_in.size(0), x_in.size(1), out_h, out_w});
+  const at::Tensor x = x_in.contiguous(), theta = theta_in.contiguous(), grad = grad_in.contiguous();
+  const int64_t N = x.size(0), C = x.size(1), h = x.size(2), w = x.size(3), P = theta_size(theta);
+  const int64_t g2 = mode == kTps ? theta.size(1) : 0;
+  // A custom op returns tensors only: an empty tensor stands for a gradient that was not requested.
+  at::Tensor dx = need_x ? at::zeros_like(x) : at::empty({0}, x.options());
+  at::Tensor dtheta = need_theta ? at::zeros_like(theta) : at::empty({0}, x.options());
+  at::Tensor wts_holder;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "warp_backward_cpu", [&] {
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    const scalar_t* th = theta.const_data_ptr<scalar_t>();
+    const scalar_t* wts = optional_ptr<scalar_t>(wts_in, wts_holder);
+    scalar_t* dsrc = need_x ? dx.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* dth = need_theta ? dtheta.mutable_data_ptr<scalar_t>() : nullptr;
+    const int64_t HW = out_h * out_w, hw = h * w;
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const scalar_t* img = src + n * C * hw;
+        const scalar_t* gimg = g + n * C * HW;
+        for (int64_t i = 0; i < out_h; ++i) {
+          for (int64_t j = 0; j < out_w; ++j) {
+            scalar_t gx, gy;
+            grid_point<scalar_t>(mode, th + n * P, wts, g2, i, j, out_h, out_w, gx, gy);
+            const Bilinear<scalar_t> b = bilinear_taps<scalar_t>(gx, gy, h, w, border);
+            scalar_t gix = 0, giy = 0;
+            for (int64_t c = 0; c < C; ++c) {
+              bilinear_backward<scalar_t>(b, img + c * hw, gimg[c * HW + i * out_w + j],
+                                          dsrc ? dsrc + (n * C + c) * hw : nullptr, gix, giy);
+            }
+            if (dth) {
+              grid_point_backward<scalar_t>(mode, th + n * P, wts, g2, i, j, out_h, out_w, gix * b.dx_mult,
+                                            giy * b.dy_mult, dth + n * P);
+            }
+          }
+        }
+      }
+    });
+  });
+  return {dx, dtheta};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(dtifast, m) {
+  m.def("warp(Tensor x, Tensor theta, Tensor? wts, int mode, int out_h, int out_w, bool border) -> Tensor");
+  m.def(
+      "warp_backward(Tensor grad, Tensor x, Tensor theta, Tensor? wts, int mode, int out_h, int out_w, "
+      "bool border, bool need_x, bool need_theta) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(dtifast, CPU, m) {
+  m.impl("warp", &warp_cpu);
+  m.impl("warp_backward", &warp_backward_cpu);
+}
+
+}  // namespace dtifast
