@@ -13,9 +13,10 @@ import torch
 from dtifast import _C  # noqa: F401  (registers torch.ops.dtifast.*)
 
 from . import reference
-from ._checks import check_tensor, check_warp_inputs
+from ._checks import check_same_device_dtype, check_shape, check_tensor, check_warp_inputs
 
 _NATIVE_DTYPES = (torch.float32, torch.float64)
+_MAX_LAYERS = 16  # csrc/composite.h kMaxLayers: per-pixel layer state lives in registers/stack
 
 
 def _check_native(t: torch.Tensor, name: str) -> None:
@@ -140,3 +141,60 @@ def warp_tps(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], p
     source = reference.tps_control_points(grid_size, params.dtype, params.device) + params
     wts = reference.tps_weights(grid_size, out_size, params.dtype, params.device)
     return _warp(x, source, wts, _TPS, out_size, padding)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layer compositing
+# ----------------------------------------------------------------------------------------------------
+
+@torch.library.register_fake("dtifast::composite")
+def _composite_fake(layers, masks, occlusion, background):
+    return layers.new_empty(layers.shape[1:])
+
+
+@torch.library.register_fake("dtifast::composite_backward")
+def _composite_backward_fake(grad, layers, masks, occlusion, background, need_layers, need_masks, need_occlusion,
+                             need_background):
+    def grad_like(t, needed):
+        return torch.empty_like(t, memory_format=torch.contiguous_format) if needed and t is not None \
+            else layers.new_empty(0)
+    return (grad_like(layers, need_layers), grad_like(masks, need_masks), grad_like(occlusion, need_occlusion),
+            grad_like(background, need_background))
+
+
+def _composite_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _composite_backward(ctx, grad):
+    layers, masks, occlusion, background = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:4]
+    grads = torch.ops.dtifast.composite_backward(grad, layers, masks, occlusion, background, *needs)
+    return tuple(g if need else None for g, need in zip(grads, needs))
+
+
+torch.library.register_autograd("dtifast::composite", _composite_backward, setup_context=_composite_setup_context)
+
+
+def composite_layers(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
+                     background: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Native :func:`dtifast.ops.reference.composite_layers` (one pass per pixel, no (L, L, B, H, W) tensor).
+
+    .. math:: \\mathrm{out} = \\sum_k \\prod_{j \\ne k} (1 - o_{jk}\\, m_j)\\; m_k\\, x_k
+
+    Args:
+        layers: ``(L, B, C, H, W)`` with ``L <= 16``; masks: ``(L, B, 1, H, W)``; occlusion: ``(L, L, B)``
+            (diagonal ignored); background: ``(B, C, H, W)`` or None.
+
+    Returns:
+        ``(B, C, H, W)``.
+    """
+    reference._check_layers(layers, masks, occlusion)
+    _check_native(layers, "layers")
+    if layers.shape[0] > _MAX_LAYERS:
+        raise ValueError(f"the native compositing takes at most {_MAX_LAYERS} layers, got {layers.shape[0]}")
+    if background is not None:
+        check_tensor(background, "background", ndim=4)
+        check_shape(background, "background", layers.shape[1:])
+        check_same_device_dtype(("layers", layers), ("background", background))
+    return torch.ops.dtifast.composite(layers, masks, occlusion, background)
