@@ -111,6 +111,19 @@ DTIFAST_HD void grid_point_backward(int mode, const T* theta, const T* wts, int6
   }
 }
 
+// Softclip (dtifast/ops/reference.py softclip): identity on [0, 1], slope s outside.
+template <typename T>
+DTIFAST_HD T softclip_value(T v, T s) {
+  return v < T(0) ? s * v : (v > T(1) ? T(1) + s * (v - T(1)) : v);
+}
+
+// Its derivative with the reference's subgradient: at exactly 0 or 1, clamp passes 1 and the
+// minimum/maximum against 0 split their gradient in half.
+template <typename T>
+DTIFAST_HD T softclip_grad(T v, T s) {
+  return (v < T(0) || v > T(1)) ? s : ((v == T(0) || v == T(1)) ? T(1) + s / T(2) : T(1));
+}
+
 // The four taps of one bilinear sample of an (h, w) plane, as F.grid_sample computes them.
 template <typename T>
 struct Bilinear {

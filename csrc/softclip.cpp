@@ -5,6 +5,8 @@
 #include <torch/library.h>
 #include <torch/types.h>
 
+#include "sampling.h"
+
 namespace dtifast {
 namespace {
 
@@ -26,8 +28,7 @@ at::Tensor softclip_cpu(const at::Tensor& x_in, double slope) {
     const scalar_t s = static_cast<scalar_t>(slope);
     at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        const scalar_t v = src[i];
-        dst[i] = v < 0 ? s * v : (v > 1 ? 1 + s * (v - 1) : v);
+        dst[i] = softclip_value(src[i], s);
       }
     });
   });
@@ -50,11 +51,7 @@ at::Tensor softclip_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_
     const scalar_t s = static_cast<scalar_t>(slope);
     at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
-        // Same subgradient as the reference (clamp + minimum/maximum against 0): at exactly 0 or 1
-        // clamp passes 1 and minimum/maximum split their gradient in half.
-        const scalar_t v = src[i];
-        const scalar_t d = (v < 0 || v > 1) ? s : ((v == 0 || v == 1) ? 1 + s / 2 : scalar_t(1));
-        dst[i] = g[i] * d;
+        dst[i] = g[i] * softclip_grad(src[i], s);
       }
     });
   });

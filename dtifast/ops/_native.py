@@ -198,3 +198,76 @@ def composite_layers(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch
         check_shape(background, "background", layers.shape[1:])
         check_same_device_dtype(("layers", layers), ("background", background))
     return torch.ops.dtifast.composite(layers, masks, occlusion, background)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Render loss: place + mask noise + composite + MSE in one pass; the backward recomputes that pass.
+# ----------------------------------------------------------------------------------------------------
+
+@torch.library.register_fake("dtifast::render_loss")
+def _render_loss_fake(x, sprites, theta, occlusion, background, noise):
+    return x.new_empty(())
+
+
+@torch.library.register_fake("dtifast::render_loss_backward")
+def _render_loss_backward_fake(grad, x, sprites, theta, occlusion, background, noise, *needs):
+    inputs = (x, sprites, theta, occlusion, background, noise)
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) if need and t is not None else x.new_empty(0)
+            for t, need in zip(inputs, needs)]
+
+
+def _render_loss_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _render_loss_backward(ctx, grad):
+    inputs = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:6]
+    grads = torch.ops.dtifast.render_loss_backward(grad, *inputs, *needs)
+    return tuple(g if need else None for g, need in zip(grads, needs))
+
+
+torch.library.register_autograd("dtifast::render_loss", _render_loss_backward,
+                                setup_context=_render_loss_setup_context)
+
+
+def render_loss(x: torch.Tensor, sprites: torch.Tensor, params: torch.Tensor, occlusion: torch.Tensor,
+                background: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Native :func:`dtifast.ops.reference.render_loss`: position warp of the selected sprites, mask noise,
+    occlusion compositing over the background and the MSE in one pass per pixel (nothing image-sized stored).
+
+    Args:
+        x: target images ``(B, C, H, W)``.
+        sprites: ``(L, B, C + 1, h, w)`` (colours, mask) or ``(L, B, C + 2, h, w)`` (… canvas) with ``noise``.
+        params: ``(L, B, 3)`` raw position parameters ``(s, tx, ty)``.
+        occlusion: ``(L, L, B)``; background: ``(B, C, H, W)`` or None.
+        noise: ``(L, B, 1, H, W)`` scaled mask noise, or None.
+
+    Returns:
+        Scalar mean squared error over ``B, C, H, W``; differentiable in every tensor argument.
+    """
+    check_tensor(x, "x", ndim=4)
+    _check_native(x, "x")
+    B, C, H, W = x.shape
+    check_tensor(sprites, "sprites", ndim=5)
+    L = sprites.shape[0]
+    n_extra = 1 if noise is None else 2
+    check_shape(sprites, "sprites", (L, B, C + n_extra, None, None))
+    check_tensor(params, "params", ndim=3)
+    check_shape(params, "params", (L, B, 3))
+    check_tensor(occlusion, "occlusion", ndim=3)
+    check_shape(occlusion, "occlusion", (L, L, B))
+    named = [("x", x), ("sprites", sprites), ("params", params), ("occlusion", occlusion)]
+    if background is not None:
+        check_tensor(background, "background", ndim=4)
+        check_shape(background, "background", (B, C, H, W))
+        named.append(("background", background))
+    if noise is not None:
+        check_tensor(noise, "noise", ndim=5)
+        check_shape(noise, "noise", (L, B, 1, H, W))
+        named.append(("noise", noise))
+    check_same_device_dtype(*named)
+    if L > _MAX_LAYERS:
+        raise ValueError(f"the native render loss takes at most {_MAX_LAYERS} layers, got {L}")
+    theta = reference.position_matrix(params.reshape(L * B, 3)).reshape(L, B, 6)
+    return torch.ops.dtifast.render_loss(x, sprites, theta, occlusion, background, noise)

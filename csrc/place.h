@@ -1,0 +1,72 @@
+// Placing one sprite at one output pixel, forward and backward (dtifast/ops/reference.py place_sprites):
+// position warp (zeros padding, pixel-centre grid), then with mask noise mask = softclip(mask + canvas * noise).
+// Shared by the render-loss and greedy kernels on CPU and CUDA.
+//
+// A sprite is C colour planes, a mask plane and (with noise) a canvas plane of h*w values, plane q at
+// sprite[q * ps]; theta is its 2x3 position matrix.
+#pragma once
+
+#include "sampling.h"
+
+namespace dtifast {
+
+constexpr double kMaskSlope = 0.01;  // upstream's softclip slope for the noisy mask
+
+template <typename T>
+struct Placed {
+  Bilinear<T> taps;
+  T mask;      // after noise and softclip
+  T pre;       // mask + canvas * noise before softclip (the mask itself without noise)
+  T canvas;    // sampled canvas (0 without noise)
+};
+
+template <typename T>
+DTIFAST_HD Placed<T> place_pixel(const T* sprite, int64_t ps, int64_t C, int64_t h, int64_t w, const T* theta,
+                                 int64_t i, int64_t j, int64_t H, int64_t W, const T* noise, T* col) {
+  Placed<T> p;
+  T gx, gy;
+  grid_point<T>(kAffine, theta, nullptr, 0, i, j, H, W, gx, gy);
+  p.taps = bilinear_taps<T>(gx, gy, h, w, false);
+  if (col != nullptr) {
+    for (int64_t c = 0; c < C; ++c) col[c] = bilinear_read(p.taps, sprite + c * ps);
+  }
+  p.pre = bilinear_read(p.taps, sprite + C * ps);
+  p.canvas = T(0);
+  if (noise != nullptr) {
+    p.canvas = bilinear_read(p.taps, sprite + (C + 1) * ps);
+    p.pre += p.canvas * *noise;
+    p.mask = softclip_value(p.pre, T(kMaskSlope));
+  } else {
+    p.mask = p.pre;
+  }
+  return p;
+}
+
+// Backward for colour gradients dcol[C] and mask gradient dmask: scatters into the sprite's planes dsprite
+// (layout of sprite; null: not wanted), adds the position-matrix gradient into dtheta (null: not wanted) and
+// returns the noise gradient (0 without noise).
+template <typename T>
+DTIFAST_HD T place_pixel_backward(const Placed<T>& p, const T* sprite, int64_t ps, int64_t C, const T* theta,
+                                  int64_t i, int64_t j, int64_t H, int64_t W, const T* noise, const T* dcol,
+                                  T dmask, T* dsprite, T* dtheta) {
+  T gix = 0, giy = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    bilinear_backward<T>(p.taps, sprite + c * ps, dcol[c], dsprite ? dsprite + c * ps : nullptr, gix, giy);
+  }
+  T dnoise = T(0);
+  T dpre = dmask;
+  if (noise != nullptr) {
+    dpre = dmask * softclip_grad(p.pre, T(kMaskSlope));
+    dnoise = dpre * p.canvas;
+    bilinear_backward<T>(p.taps, sprite + (C + 1) * ps, dpre * *noise, dsprite ? dsprite + (C + 1) * ps : nullptr,
+                         gix, giy);
+  }
+  bilinear_backward<T>(p.taps, sprite + C * ps, dpre, dsprite ? dsprite + C * ps : nullptr, gix, giy);
+  if (dtheta != nullptr) {
+    grid_point_backward<T>(kAffine, theta, nullptr, 0, i, j, H, W, gix * p.taps.dx_mult, giy * p.taps.dy_mult,
+                           dtheta);
+  }
+  return dnoise;
+}
+
+}  // namespace dtifast

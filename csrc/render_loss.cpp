@@ -1,0 +1,197 @@
+// Fused render loss on CPU: place the selected sprites (position warp + mask noise), composite over the
+// background with the occlusion matrix, and the MSE against x, in one pass over the pixels; the backward
+// recomputes the pass instead of storing any (L, B, C, H, W) intermediate.
+//
+//   dtifast::render_loss(x, sprites, theta, occlusion, background, noise) -> loss (scalar)
+//   dtifast::render_loss_backward(grad, x, sprites, theta, occlusion, background, noise, need_x, need_sprites,
+//       need_theta, need_occlusion, need_background, need_noise) -> (dx, dsprites, dtheta, docc, dbg, dnoise)
+//
+// x (B, C, H, W); sprites (L, B, C + E, h, w) (E = 1: mask; E = 2: mask, canvas with noise); theta (L, B, 6)
+// position matrices; occlusion (L, L, B); background (B, C, H, W) or None; noise (L, B, 1, H, W) or None.
+// Each image is handled by one thread (its partial loss and every gradient it touches belong to it alone),
+// and the per-image partial losses are added in image order: the result does not depend on the thread count.
+#include <torch/library.h>
+
+#include "common.h"
+#include "composite.h"
+#include "place.h"
+
+namespace dtifast {
+namespace {
+
+struct Dims {
+  int64_t L, B, C, E, H, W, h, w;
+};
+
+Dims check_render(const at::Tensor& x, const at::Tensor& sprites, const at::Tensor& theta, const at::Tensor& occ,
+                  const std::optional<at::Tensor>& bg, const std::optional<at::Tensor>& noise) {
+  check_cpu(x, "x");
+  TORCH_CHECK(x.dim() == 4, "x must be (B, C, H, W), got ", x.sizes());
+  TORCH_CHECK(sprites.dim() == 5, "sprites must be (L, B, C + E, h, w), got ", sprites.sizes());
+  Dims d{sprites.size(0), x.size(0), x.size(1), noise.has_value() ? 2 : 1, x.size(2), x.size(3), sprites.size(3),
+         sprites.size(4)};
+  TORCH_CHECK(d.L >= 1 && d.L <= kMaxLayers, "the native kernels take 1 to ", kMaxLayers, " layers, got ", d.L);
+  check_like(sprites, "sprites", x);
+  check_sizes(sprites, "sprites", {d.L, d.B, d.C + d.E, -1, -1});
+  check_like(theta, "theta", x);
+  check_sizes(theta, "theta", {d.L, d.B, 6});
+  check_like(occ, "occlusion", x);
+  check_sizes(occ, "occlusion", {d.L, d.L, d.B});
+  if (bg.has_value()) {
+    check_like(*bg, "background", x);
+    check_sizes(*bg, "background", {d.B, d.C, d.H, d.W});
+  }
+  if (noise.has_value()) {
+    check_like(*noise, "noise", x);
+    check_sizes(*noise, "noise", {d.L, d.B, 1, d.H, d.W});
+  }
+  return d;
+}
+
+// The per-image pass shared by forward and backward. Returns image b's sum of squared errors; with `grads`
+// it also back-propagates `scale` * d(sum)/d(inputs) into them.
+template <typename scalar_t>
+struct RenderPass {
+  Dims d;
+  const scalar_t *x, *sprites, *theta, *occ, *bg, *noise;
+
+  struct Grads {
+    scalar_t scale;
+    scalar_t *dx, *dsprites, *dtheta, *docc, *dbg, *dnoise;
+  };
+
+  double image(int64_t b, const Grads* grads) const {
+    const int64_t L = d.L, C = d.C, HW = d.H * d.W, hw = d.h * d.w, S = (C + d.E) * hw;
+    std::vector<scalar_t> col(L * C), dcol(L * C), gout(C), docc_local(L * L, scalar_t(0));
+    std::vector<Placed<scalar_t>> placed(L);
+    scalar_t m[kMaxLayers], dm[kMaxLayers];
+    double sse = 0;
+    for (int64_t i = 0; i < d.H; ++i) {
+      for (int64_t j = 0; j < d.W; ++j) {
+        const int64_t p = i * d.W + j;
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t lb = l * d.B + b;
+          placed[l] = place_pixel<scalar_t>(sprites + lb * S, hw, C, d.h, d.w, theta + lb * 6, i, j, d.H, d.W,
+                                            noise ? noise + lb * HW + p : nullptr, col.data() + l * C);
+          m[l] = placed[l].mask;
+        }
+        const scalar_t* bgp = bg ? bg + b * C * HW + p : nullptr;
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t out = composite_channel<scalar_t>(occ + b, d.B, m, col.data(), C, 1, bgp, HW,
+                                                           static_cast<int>(L), c);
+          const scalar_t diff = out - x[(b * C + c) * HW + p];
+          sse += static_cast<double>(diff) * static_cast<double>(diff);
+          gout[c] = grads ? scalar_t(2) * diff * grads->scale : scalar_t(0);
+        }
+        if (grads == nullptr) continue;
+        if (grads->dx) {
+          for (int64_t c = 0; c < C; ++c) grads->dx[(b * C + c) * HW + p] = -gout[c];
+        }
+        std::fill(dcol.begin(), dcol.end(), scalar_t(0));
+        composite_backward<scalar_t>(occ + b, d.B, m, col.data(), C, 1, bgp, HW, static_cast<int>(L), C,
+                                     gout.data(), 1, dm, dcol.data(), grads->docc ? docc_local.data() : nullptr,
+                                     grads->dbg ? grads->dbg + b * C * HW + p : nullptr);
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t lb = l * d.B + b;
+          const scalar_t dn = place_pixel_backward<scalar_t>(
+              placed[l], sprites + lb * S, hw, C, theta + lb * 6, i, j, d.H, d.W,
+              noise ? noise + lb * HW + p : nullptr, dcol.data() + l * C, dm[l],
+              grads->dsprites ? grads->dsprites + lb * S : nullptr, grads->dtheta ? grads->dtheta + lb * 6 : nullptr);
+          if (grads->dnoise) grads->dnoise[lb * HW + p] = dn;
+        }
+      }
+    }
+    if (grads != nullptr && grads->docc) {
+      for (int64_t jk = 0; jk < L * L; ++jk) grads->docc[jk * d.B + b] = docc_local[jk];
+    }
+    return sse;
+  }
+};
+
+template <typename scalar_t>
+RenderPass<scalar_t> make_pass(const Dims& d, const at::Tensor& x, const at::Tensor& sprites, const at::Tensor& theta,
+                               const at::Tensor& occ, const at::Tensor& bg, const at::Tensor& noise) {
+  return {d,
+          x.const_data_ptr<scalar_t>(),
+          sprites.const_data_ptr<scalar_t>(),
+          theta.const_data_ptr<scalar_t>(),
+          occ.const_data_ptr<scalar_t>(),
+          bg.defined() ? bg.const_data_ptr<scalar_t>() : nullptr,
+          noise.defined() ? noise.const_data_ptr<scalar_t>() : nullptr};
+}
+
+at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+at::Tensor render_loss_cpu(const at::Tensor& x_in, const at::Tensor& sprites_in, const at::Tensor& theta_in,
+                           const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in,
+                           const std::optional<at::Tensor>& noise_in) {
+  const Dims d = check_render(x_in, sprites_in, theta_in, occ_in, bg_in, noise_in);
+  const at::Tensor x = x_in.contiguous(), sprites = sprites_in.contiguous(), theta = theta_in.contiguous(),
+                   occ = occ_in.contiguous(), bg = contiguous_or_undefined(bg_in),
+                   noise = contiguous_or_undefined(noise_in);
+  at::Tensor loss = at::empty({}, x.options());
+  std::vector<double> partial(d.B, 0.0);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "render_loss_cpu", [&] {
+    const auto pass = make_pass<scalar_t>(d, x, sprites, theta, occ, bg, noise);
+    at::parallel_for(0, d.B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) partial[b] = pass.image(b, nullptr);
+    });
+    double total = 0;
+    for (double v : partial) total += v;
+    loss.fill_(static_cast<scalar_t>(total / static_cast<double>(d.B * d.C * d.H * d.W)));
+  });
+  return loss;
+}
+
+std::vector<at::Tensor> render_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& x_in,
+                                                 const at::Tensor& sprites_in, const at::Tensor& theta_in,
+                                                 const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in,
+                                                 const std::optional<at::Tensor>& noise_in, bool need_x,
+                                                 bool need_sprites, bool need_theta, bool need_occ, bool need_bg,
+                                                 bool need_noise) {
+  const Dims d = check_render(x_in, sprites_in, theta_in, occ_in, bg_in, noise_in);
+  TORCH_CHECK(grad.numel() == 1, "grad of the scalar loss must have one element, got ", grad.sizes());
+  const at::Tensor x = x_in.contiguous(), sprites = sprites_in.contiguous(), theta = theta_in.contiguous(),
+                   occ = occ_in.contiguous(), bg = contiguous_or_undefined(bg_in),
+                   noise = contiguous_or_undefined(noise_in);
+  const auto empty = at::empty({0}, x.options());
+  // Every image writes its own slice of each gradient, except the sprites and theta, which it accumulates.
+  at::Tensor dx = need_x ? at::empty_like(x) : empty;
+  at::Tensor dsprites = need_sprites ? at::zeros_like(sprites) : empty;
+  at::Tensor dtheta = need_theta ? at::zeros_like(theta) : empty;
+  at::Tensor docc = need_occ ? at::zeros_like(occ) : empty;
+  at::Tensor dbg = need_bg && bg.defined() ? at::zeros_like(bg) : empty;
+  at::Tensor dnoise = need_noise && noise.defined() ? at::empty_like(noise) : empty;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "render_loss_backward_cpu", [&] {
+    const auto pass = make_pass<scalar_t>(d, x, sprites, theta, occ, bg, noise);
+    auto ptr = [](at::Tensor& t) { return t.numel() ? t.mutable_data_ptr<scalar_t>() : nullptr; };
+    const typename RenderPass<scalar_t>::Grads grads{
+        static_cast<scalar_t>(grad.item<double>() / static_cast<double>(d.B * d.C * d.H * d.W)),
+        ptr(dx), ptr(dsprites), ptr(dtheta), ptr(docc), ptr(dbg), ptr(dnoise)};
+    at::parallel_for(0, d.B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) pass.image(b, &grads);
+    });
+  });
+  return {dx, dsprites, dtheta, docc, dbg, dnoise};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(dtifast, m) {
+  m.def(
+      "render_loss(Tensor x, Tensor sprites, Tensor theta, Tensor occlusion, Tensor? background, Tensor? noise) "
+      "-> Tensor");
+  m.def(
+      "render_loss_backward(Tensor grad, Tensor x, Tensor sprites, Tensor theta, Tensor occlusion, "
+      "Tensor? background, Tensor? noise, bool need_x, bool need_sprites, bool need_theta, bool need_occlusion, "
+      "bool need_background, bool need_noise) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(dtifast, CPU, m) {
+  m.impl("render_loss", &render_loss_cpu);
+  m.impl("render_loss_backward", &render_loss_backward_cpu);
+}
+
+}  // namespace dtifast
