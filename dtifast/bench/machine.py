@@ -1,0 +1,199 @@
+"""What a benchmark figure needs besides the figure: the machine, a timer and a peak-memory probe.
+
+Timing: ``warmup`` untimed calls, then ``repeats`` timed ones; the median is the figure, the 20th and
+80th percentiles show the spread (Liger's p50/p20/p80). On CUDA each call is bracketed by CUDA events
+after a synchronisation; on the CPU by ``time.perf_counter``.
+
+Peak memory:
+
+* CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` — the caching
+  allocator's view, tensors only (no CUDA context, no cached-but-free blocks).
+* CPU: growth of the process's peak resident set size (``VmHWM`` in ``/proc/self/status``) over the
+  resident size just before the call. Free heap pages are first given back to the OS
+  (``malloc_trim``) and the high-water mark is reset (``echo 5 > /proc/self/clear_refs``), so the
+  growth counts what the call itself touched. Linux only; elsewhere the probe reports None.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """The machine a figure comes from; stored in every JSON row so that rows can be compared safely."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1",
+        "check_finite": _check_finite_enabled(),
+        "commit": _git_commit(),
+        # Other processes share the CPU on small machines: the load says how much to trust a figure.
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["device_memory_bytes"] = int(props.total_memory)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _check_finite_enabled() -> bool:
+    from dtifast.ops import _checks
+    return bool(_checks.CHECK_FINITE)
+
+
+def set_check_finite(enabled: bool) -> None:
+    """Turn the ops' finite-value input check on or off (it reads every input once: a sync on CUDA)."""
+    from dtifast.ops import _checks
+    _checks.CHECK_FINITE = bool(enabled)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    """Seconds per call: median and the 20th / 80th percentiles over ``repeats`` calls."""
+    median: float
+    p20: float
+    p80: float
+    repeats: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {"median_s": self.median, "p20_s": self.p20, "p80_s": self.p80, "repeats": self.repeats}
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    # Linear interpolation between order statistics (numpy's default), without numpy.
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 1, repeats: int = 5) -> Timing:
+    """Time ``fn()`` (which must do the whole unit of work, e.g. forward and backward)."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            start_s = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start_s)
+    times.sort()
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), repeats)
+
+
+def _proc_status_bytes(key: str) -> Optional[int]:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _malloc_trim() -> None:
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    libc = ctypes.CDLL(name)
+    if hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def cpu_peak_probe_available() -> bool:
+    """Whether the peak-RSS probe works here (Linux with a writable ``/proc/self/clear_refs``)."""
+    return _proc_status_bytes("VmHWM") is not None and _reset_rss_peak()
+
+
+def peak_memory(fn: Callable[[], Any], device: torch.device) -> Optional[dict[str, int]]:
+    """Run ``fn()`` once and return its peak memory, or None where the probe is unavailable.
+
+    Returns:
+        ``{"peak_bytes", "growth_bytes"}``: on CUDA the allocator's peak and its growth over what was
+        allocated before the call; on the CPU the peak resident set size and its growth over the
+        resident size before the call.
+    """
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        return {"peak_bytes": int(peak), "growth_bytes": int(peak - before)}
+    _malloc_trim()
+    before = _proc_status_bytes("VmRSS")
+    if before is None or not _reset_rss_peak():
+        return None
+    fn()
+    peak = _proc_status_bytes("VmHWM")
+    if peak is None:
+        return None
+    return {"peak_bytes": int(peak), "growth_bytes": int(max(peak - before, 0))}
