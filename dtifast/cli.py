@@ -94,10 +94,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sweep_main)
 
     # Subcommands owned by other modules.
-    from . import compat
+    from . import bench, compat
     from .data import cli as data_cli
     data_cli.add_parser(sub)
     compat.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 
