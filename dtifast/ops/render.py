@@ -35,17 +35,16 @@ def _render_loss_backward(grad: torch.Tensor, x: torch.Tensor, sprites: torch.Te
                           occlusion: torch.Tensor, background: Optional[torch.Tensor], noise: Optional[torch.Tensor],
                           need_x: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     dx, dsp, dpar, docc, dbg = kr.render_loss_backward(grad, x, sprites, params, occlusion, background, noise, need_x)
-    # A custom op returns tensors only: an empty tensor stands for "not requested" / "no background".
-    empty = x.new_empty(0)
-    return dx if dx is not None else empty, dsp, dpar, docc, dbg if dbg is not None else empty
+    # A custom op returns tensors only: an empty tensor stands for "not requested" / "no background"
+    # (two separate ones: outputs of a custom op must not alias each other).
+    return dx if dx is not None else x.new_empty(0), dsp, dpar, docc, dbg if dbg is not None else x.new_empty(0)
 
 
 @torch.library.register_fake("dtifast::render_loss_backward_triton")
 def _(grad, x, sprites, params, occlusion, background, noise, need_x):
     like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
-    empty = x.new_empty(0)
-    return (like(x) if need_x else empty, like(sprites), like(params), like(occlusion),
-            like(background) if background is not None else empty)
+    return (like(x) if need_x else x.new_empty(0), like(sprites), like(params), like(occlusion),
+            like(background) if background is not None else x.new_empty(0))
 
 
 def _setup(ctx, inputs, output):
