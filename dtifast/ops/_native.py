@@ -271,3 +271,60 @@ def render_loss(x: torch.Tensor, sprites: torch.Tensor, params: torch.Tensor, oc
         raise ValueError(f"the native render loss takes at most {_MAX_LAYERS} layers, got {L}")
     theta = reference.position_matrix(params.reshape(L * B, 3)).reshape(L, B, 6)
     return torch.ops.dtifast.render_loss(x, sprites, theta, occlusion, background, noise)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Greedy selection with sprite-space candidates (no gradient)
+# ----------------------------------------------------------------------------------------------------
+
+@torch.library.register_fake("dtifast::greedy_select")
+def _greedy_select_fake(x, sprites, theta, occlusion, background, n_iter, penalty, noise):
+    return x.new_empty(sprites.shape[0], sprites.shape[1], x.shape[0])
+
+
+def greedy_select_sprites(x: torch.Tensor, sprites: torch.Tensor, params: torch.Tensor, occlusion: torch.Tensor,
+                          background: Optional[torch.Tensor] = None, n_iter: int = 1,
+                          empty_penalty: Optional[torch.Tensor] = None,
+                          noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Native :func:`dtifast.ops.reference.greedy_select_sprites`: each candidate is placed on the fly and
+    scored against the per-pixel decomposition ``S0 - m·S1 + A·m·c`` of the other layers, so no
+    ``(K, B, C, H, W)`` tensor is built; ties go to the lowest k.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        sprites: ``(L, K, B, C + E, h, w)`` candidates (E = 1: mask; E = 2: mask, canvas with ``noise``);
+            an expanded view (stride 0 over L, K or B) is read in place.
+        params: ``(L, B, 3)`` position parameters of each layer.
+        occlusion: ``(L, L, B)``; background: ``(B, C, H, W)`` or None (black).
+        n_iter: sweeps over the layers; empty_penalty: ``(K,)`` or None; noise: ``(K, 1, H, W)`` or None.
+
+    Returns:
+        ``(L, K, B)`` one-hot selection in ``x``'s dtype.
+    """
+    check_tensor(x, "x", ndim=4)
+    _check_native(x, "x")
+    B, C, H, W = x.shape
+    check_tensor(sprites, "sprites", ndim=6)
+    L, K = sprites.shape[:2]
+    n_extra = 1 if noise is None else 2
+    check_shape(sprites, "sprites", (L, K, B, C + n_extra, None, None))
+    check_tensor(params, "params", ndim=3)
+    check_shape(params, "params", (L, B, 3))
+    check_tensor(occlusion, "occlusion", ndim=3)
+    check_shape(occlusion, "occlusion", (L, L, B))
+    if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
+        raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
+    named = [("x", x), ("sprites", sprites), ("params", params), ("occlusion", occlusion)]
+    for name, t, shape in (("background", background, (B, C, H, W)), ("empty_penalty", empty_penalty, (K,)),
+                           ("noise", noise, (K, 1, H, W))):
+        if t is not None:
+            check_tensor(t, name, ndim=len(shape))
+            check_shape(t, name, shape)
+            named.append((name, t))
+    check_same_device_dtype(*named)
+    if L > _MAX_LAYERS:
+        raise ValueError(f"the native greedy selection takes at most {_MAX_LAYERS} layers, got {L}")
+    with torch.no_grad():
+        theta = reference.position_matrix(params.reshape(L * B, 3)).reshape(L, B, 6)
+        return torch.ops.dtifast.greedy_select(x, sprites, theta, occlusion, background, n_iter, empty_penalty,
+                                               noise)
