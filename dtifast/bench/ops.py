@@ -246,8 +246,11 @@ def providers(device: torch.device, with_compile: bool = True) -> list[str]:
     return ["torch"] + ([COMPILE] if with_compile else []) + [b for b in ops.BACKENDS if b != "torch"]
 
 
-def _interpreted(device: torch.device) -> bool:
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
+def check_timeable(provider: str, device: torch.device) -> None:
+    """Raise :class:`Skip` for a provider whose timings would mean nothing here."""
+    if provider == "triton" and device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise Skip("Triton runs in its interpreter on the CPU (TRITON_INTERPRET=1): its timings say nothing "
+                   "about the kernels")
 
 
 def op_function(op: str, provider: str, device: torch.device) -> Callable:
@@ -255,9 +258,7 @@ def op_function(op: str, provider: str, device: torch.device) -> Callable:
     if provider == COMPILE:
         # dynamic=False: one graph per benchmarked shape, as a training run at a fixed batch gets.
         return torch.compile(getattr(ops.reference, op), dynamic=False)
-    if provider == "triton" and _interpreted(device):
-        raise Skip("Triton runs in its interpreter on the CPU (TRITON_INTERPRET=1): its timings say nothing "
-                   "about the kernels")
+    check_timeable(provider, device)
     try:
         return ops.resolve(op, provider, device)[1]
     except ops.BackendError as err:

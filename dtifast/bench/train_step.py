@@ -30,7 +30,7 @@ from dtifast.config import load_config
 from dtifast.model import build_model
 from dtifast.train import build_optimizer
 
-from .ops import COMPILE, OP_CASES, Skip
+from .ops import COMPILE, OP_CASES, Skip, check_timeable
 
 DEFAULT = "default"
 N_INIT_IMAGES = 8
@@ -74,6 +74,7 @@ class TrainStep:
         cfg = load_config(config)
         if provider not in (COMPILE, DEFAULT) and provider not in ops.BACKENDS:
             raise ValueError(f"provider must be one of {(*ops.BACKENDS, COMPILE, DEFAULT)}, got {provider!r}")
+        check_timeable(provider, device)
         cfg["model"]["backend"] = {COMPILE: "torch", DEFAULT: None}.get(provider, provider)
         self.config, self.provider, self.device = config, provider, device
         H, W = cfg["dataset"].get("img_size") or UPSTREAM_IMG_SIZES[cfg["dataset"]["name"]]
