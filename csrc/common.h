@@ -15,8 +15,9 @@ inline void check_float(const at::Tensor& t, const char* name) {
               " must be float32 or float64, got ", t.scalar_type());
 }
 
-inline void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
+inline void check_device(const at::Tensor& t, const char* name, at::DeviceType device) {
+  TORCH_CHECK(t.device().type() == device, name, " must be a ", at::DeviceTypeName(device), " tensor, got ",
+              t.device());
   check_float(t, name);
 }
 

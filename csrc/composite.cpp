@@ -9,7 +9,7 @@
 // chunks are added in order, so the result is the same for any number of threads.
 #include <torch/library.h>
 
-#include "common.h"
+#include "checks.h"
 #include "composite.h"
 
 namespace dtifast {
@@ -17,25 +17,9 @@ namespace {
 
 constexpr int64_t kChunk = 2048;  // pixels per work item: a fixed split, independent of the thread count
 
-void check_composite(const at::Tensor& layers, const at::Tensor& masks, const at::Tensor& occ,
-                     const std::optional<at::Tensor>& bg) {
-  check_cpu(layers, "layers");
-  TORCH_CHECK(layers.dim() == 5, "layers must be (L, B, C, H, W), got ", layers.sizes());
-  const int64_t L = layers.size(0), B = layers.size(1);
-  TORCH_CHECK(L >= 1 && L <= kMaxLayers, "the native kernels take 1 to ", kMaxLayers, " layers, got ", L);
-  check_like(masks, "masks", layers);
-  check_sizes(masks, "masks", {L, B, 1, layers.size(3), layers.size(4)});
-  check_like(occ, "occlusion", layers);
-  check_sizes(occ, "occlusion", {L, L, B});
-  if (bg.has_value()) {
-    check_like(*bg, "background", layers);
-    check_sizes(*bg, "background", {B, layers.size(2), layers.size(3), layers.size(4)});
-  }
-}
-
 at::Tensor composite_cpu(const at::Tensor& layers_in, const at::Tensor& masks_in, const at::Tensor& occ_in,
                          const std::optional<at::Tensor>& bg_in) {
-  check_composite(layers_in, masks_in, occ_in, bg_in);
+  check_composite(layers_in, masks_in, occ_in, bg_in, at::kCPU);
   const at::Tensor layers = layers_in.contiguous(), masks = masks_in.contiguous(), occ = occ_in.contiguous();
   const int64_t L = layers.size(0), B = layers.size(1), C = layers.size(2), HW = layers.size(3) * layers.size(4);
   at::Tensor out = at::empty({B, C, layers.size(3), layers.size(4)}, layers.options());
@@ -69,7 +53,7 @@ at::Tensor composite_cpu(const at::Tensor& layers_in, const at::Tensor& masks_in
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& layers_in, const at::Tensor& masks_in, const at::Tensor& occ_in,
     const std::optional<at::Tensor>& bg_in, bool need_layers, bool need_masks, bool need_occ, bool need_bg) {
-  check_composite(layers_in, masks_in, occ_in, bg_in);
+  check_composite(layers_in, masks_in, occ_in, bg_in, at::kCPU);
   const at::Tensor layers = layers_in.contiguous(), masks = masks_in.contiguous(), occ = occ_in.contiguous();
   const int64_t L = layers.size(0), B = layers.size(1), C = layers.size(2), HW = layers.size(3) * layers.size(4);
   check_like(grad_in, "grad", layers);

@@ -16,7 +16,7 @@
 
 #include <limits>
 
-#include "common.h"
+#include "checks.h"
 #include "composite.h"
 #include "place.h"
 
@@ -111,32 +111,9 @@ struct Greedy {
 at::Tensor greedy_select_cpu(const at::Tensor& x_in, const at::Tensor& sprites_in, const at::Tensor& theta_in,
                              const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in, int64_t n_iter,
                              const std::optional<at::Tensor>& penalty_in, const std::optional<at::Tensor>& noise_in) {
-  check_cpu(x_in, "x");
-  TORCH_CHECK(x_in.dim() == 4, "x must be (B, C, H, W), got ", x_in.sizes());
-  TORCH_CHECK(sprites_in.dim() == 6, "sprites must be (L, K, B, C + E, h, w), got ", sprites_in.sizes());
+  check_greedy(x_in, sprites_in, theta_in, occ_in, bg_in, n_iter, penalty_in, noise_in, at::kCPU);
   const int64_t L = sprites_in.size(0), K = sprites_in.size(1), B = x_in.size(0), C = x_in.size(1);
-  const int64_t H = x_in.size(2), W = x_in.size(3), E = noise_in.has_value() ? 2 : 1;
-  TORCH_CHECK(L >= 1 && L <= kMaxLayers, "the native kernels take 1 to ", kMaxLayers, " layers, got ", L);
-  TORCH_CHECK(K >= 1, "there must be at least one candidate sprite");
-  TORCH_CHECK(n_iter >= 1, "n_iter must be positive, got ", n_iter);
-  check_like(sprites_in, "sprites", x_in);
-  check_sizes(sprites_in, "sprites", {L, K, B, C + E, -1, -1});
-  check_like(theta_in, "theta", x_in);
-  check_sizes(theta_in, "theta", {L, B, 6});
-  check_like(occ_in, "occlusion", x_in);
-  check_sizes(occ_in, "occlusion", {L, L, B});
-  if (bg_in.has_value()) {
-    check_like(*bg_in, "background", x_in);
-    check_sizes(*bg_in, "background", {B, C, H, W});
-  }
-  if (penalty_in.has_value()) {
-    check_like(*penalty_in, "empty_penalty", x_in);
-    check_sizes(*penalty_in, "empty_penalty", {K});
-  }
-  if (noise_in.has_value()) {
-    check_like(*noise_in, "noise", x_in);
-    check_sizes(*noise_in, "noise", {K, 1, H, W});
-  }
+  const int64_t H = x_in.size(2), W = x_in.size(3);
   const int64_t h = sprites_in.size(4), w = sprites_in.size(5);
   // Expanded (stride-0) candidate dims are read in place; only sprites whose own planes are not
   // contiguous are copied.
@@ -150,7 +127,8 @@ at::Tensor greedy_select_cpu(const at::Tensor& x_in, const at::Tensor& sprites_i
     const Greedy<scalar_t> g{L, K, B, C, H, W, h, w, sprites.stride(0), sprites.stride(1), sprites.stride(2),
                              x.const_data_ptr<scalar_t>(), sprites.const_data_ptr<scalar_t>(),
                              theta.const_data_ptr<scalar_t>(), occ.const_data_ptr<scalar_t>(),
-                             optional_ptr<scalar_t>(bg_in, bg_holder), optional_ptr<scalar_t>(penalty_in, penalty_holder),
+                             optional_ptr<scalar_t>(bg_in, bg_holder),
+                             optional_ptr<scalar_t>(penalty_in, penalty_holder),
                              optional_ptr<scalar_t>(noise_in, noise_holder), selection.mutable_data_ptr<scalar_t>()};
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) g.image(b, n_iter);

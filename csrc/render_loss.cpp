@@ -12,41 +12,12 @@
 // and the per-image partial losses are added in image order: the result does not depend on the thread count.
 #include <torch/library.h>
 
-#include "common.h"
+#include "checks.h"
 #include "composite.h"
 #include "place.h"
 
 namespace dtifast {
 namespace {
-
-struct Dims {
-  int64_t L, B, C, E, H, W, h, w;
-};
-
-Dims check_render(const at::Tensor& x, const at::Tensor& sprites, const at::Tensor& theta, const at::Tensor& occ,
-                  const std::optional<at::Tensor>& bg, const std::optional<at::Tensor>& noise) {
-  check_cpu(x, "x");
-  TORCH_CHECK(x.dim() == 4, "x must be (B, C, H, W), got ", x.sizes());
-  TORCH_CHECK(sprites.dim() == 5, "sprites must be (L, B, C + E, h, w), got ", sprites.sizes());
-  Dims d{sprites.size(0), x.size(0), x.size(1), noise.has_value() ? 2 : 1, x.size(2), x.size(3), sprites.size(3),
-         sprites.size(4)};
-  TORCH_CHECK(d.L >= 1 && d.L <= kMaxLayers, "the native kernels take 1 to ", kMaxLayers, " layers, got ", d.L);
-  check_like(sprites, "sprites", x);
-  check_sizes(sprites, "sprites", {d.L, d.B, d.C + d.E, -1, -1});
-  check_like(theta, "theta", x);
-  check_sizes(theta, "theta", {d.L, d.B, 6});
-  check_like(occ, "occlusion", x);
-  check_sizes(occ, "occlusion", {d.L, d.L, d.B});
-  if (bg.has_value()) {
-    check_like(*bg, "background", x);
-    check_sizes(*bg, "background", {d.B, d.C, d.H, d.W});
-  }
-  if (noise.has_value()) {
-    check_like(*noise, "noise", x);
-    check_sizes(*noise, "noise", {d.L, d.B, 1, d.H, d.W});
-  }
-  return d;
-}
 
 // The per-image pass shared by forward and backward. Returns image b's sum of squared errors; with `grads`
 // it also back-propagates `scale` * d(sum)/d(inputs) into them.
@@ -127,7 +98,7 @@ at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
 at::Tensor render_loss_cpu(const at::Tensor& x_in, const at::Tensor& sprites_in, const at::Tensor& theta_in,
                            const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in,
                            const std::optional<at::Tensor>& noise_in) {
-  const Dims d = check_render(x_in, sprites_in, theta_in, occ_in, bg_in, noise_in);
+  const Dims d = check_render(x_in, sprites_in, theta_in, occ_in, bg_in, noise_in, at::kCPU);
   const at::Tensor x = x_in.contiguous(), sprites = sprites_in.contiguous(), theta = theta_in.contiguous(),
                    occ = occ_in.contiguous(), bg = contiguous_or_undefined(bg_in),
                    noise = contiguous_or_undefined(noise_in);
@@ -151,7 +122,7 @@ std::vector<at::Tensor> render_loss_backward_cpu(const at::Tensor& grad, const a
                                                  const std::optional<at::Tensor>& noise_in, bool need_x,
                                                  bool need_sprites, bool need_theta, bool need_occ, bool need_bg,
                                                  bool need_noise) {
-  const Dims d = check_render(x_in, sprites_in, theta_in, occ_in, bg_in, noise_in);
+  const Dims d = check_render(x_in, sprites_in, theta_in, occ_in, bg_in, noise_in, at::kCPU);
   TORCH_CHECK(grad.numel() == 1, "grad of the scalar loss must have one element, got ", grad.sizes());
   const at::Tensor x = x_in.contiguous(), sprites = sprites_in.contiguous(), theta = theta_in.contiguous(),
                    occ = occ_in.contiguous(), bg = contiguous_or_undefined(bg_in),

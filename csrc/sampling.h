@@ -20,6 +20,17 @@
 
 namespace dtifast {
 
+// Adds v into *p: a plain add on the CPU, where each output belongs to one thread; an atomic add on the GPU,
+// where the threads of different output pixels scatter into the same input pixels.
+template <typename T>
+DTIFAST_HD void scatter_add(T* p, T v) {
+#if defined(__CUDA_ARCH__)
+  atomicAdd(p, v);
+#else
+  *p += v;
+#endif
+}
+
 enum WarpMode : int { kAffine = 0, kProjective = 1, kTps = 2 };
 
 constexpr double kHomogeneousEps = 1e-8;
@@ -203,7 +214,7 @@ DTIFAST_HD void bilinear_backward(const Bilinear<T>& b, const T* plane, T g, T* 
   giy += g * ((v2 - v0) * wx1 + (v3 - v1) * wx0);
   if (dplane != nullptr) {
     for (int t = 0; t < 4; ++t) {
-      if (b.valid[t]) dplane[b.offset[t]] += g * b.weight[t];
+      if (b.valid[t]) scatter_add(dplane + b.offset[t], g * b.weight[t]);
     }
   }
 }

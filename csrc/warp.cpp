@@ -10,35 +10,17 @@
 // gradients summed by one thread in pixel order, so results do not depend on the thread count.
 #include <torch/library.h>
 
-#include "common.h"
+#include "checks.h"
 #include "sampling.h"
 
 namespace dtifast {
 namespace {
 
-void check_warp(const at::Tensor& x, const at::Tensor& theta, const std::optional<at::Tensor>& wts, int64_t mode,
-                int64_t out_h, int64_t out_w) {
-  check_cpu(x, "x");
-  check_like(theta, "theta", x);
-  TORCH_CHECK(x.dim() == 4, "x must be (N, C, h, w), got ", x.sizes());
-  TORCH_CHECK(out_h > 0 && out_w > 0, "out size must be positive, got (", out_h, ", ", out_w, ")");
-  TORCH_CHECK(mode == kAffine || mode == kProjective || mode == kTps, "unknown warp mode ", mode);
-  const int64_t n = x.size(0);
-  if (mode == kAffine) check_sizes(theta, "theta", {n, 6});
-  if (mode == kProjective) check_sizes(theta, "theta", {n, 9});
-  TORCH_CHECK(wts.has_value() == (mode == kTps), "wts must be given exactly for TPS warps");
-  if (mode == kTps) {
-    check_sizes(theta, "theta", {n, -1, 2});
-    check_like(*wts, "wts", x);
-    check_sizes(*wts, "wts", {out_h * out_w, theta.size(1)});
-  }
-}
-
 int64_t theta_size(const at::Tensor& theta) { return theta.numel() / std::max<int64_t>(theta.size(0), 1); }
 
 at::Tensor warp_cpu(const at::Tensor& x_in, const at::Tensor& theta_in, const std::optional<at::Tensor>& wts_in,
                     int64_t mode, int64_t out_h, int64_t out_w, bool border) {
-  check_warp(x_in, theta_in, wts_in, mode, out_h, out_w);
+  check_warp(x_in, theta_in, wts_in, mode, out_h, out_w, at::kCPU);
   const at::Tensor x = x_in.contiguous(), theta = theta_in.contiguous();
   const int64_t N = x.size(0), C = x.size(1), h = x.size(2), w = x.size(3), P = theta_size(theta);
   const int64_t g2 = mode == kTps ? theta.size(1) : 0;
@@ -72,7 +54,7 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_in, 
                                                      const std::optional<at::Tensor>& wts_in, int64_t mode,
                                                      int64_t out_h, int64_t out_w, bool border, bool need_x,
                                                      bool need_theta) {
-  check_warp(x_in, theta_in, wts_in, mode, out_h, out_w);
+  check_warp(x_in, theta_in, wts_in, mode, out_h, out_w, at::kCPU);
   check_like(grad_in, "grad", x_in);
   check_sizes(grad_in, "grad", {x_in.size(0), x_in.size(1), out_h, out_w});
   const at::Tensor x = x_in.contiguous(), theta = theta_in.contiguous(), grad = grad_in.contiguous();

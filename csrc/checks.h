@@ -1,0 +1,110 @@
+// Input checks of every native op, shared by the CPU kernels (csrc/*.cpp) and the CUDA bindings
+// (csrc/cuda/bind_*.cpp): TORCH_CHECK mirrors of dtifast/ops/_checks.py, so that a direct torch.ops call
+// with bad input gets a clear error instead of reading out of bounds. `device` is the kernel's device type.
+#pragma once
+
+#include "common.h"
+#include "composite.h"
+#include "sampling.h"
+
+namespace dtifast {
+
+inline void check_warp(const at::Tensor& x, const at::Tensor& theta, const std::optional<at::Tensor>& wts,
+                       int64_t mode, int64_t out_h, int64_t out_w, at::DeviceType device) {
+  check_device(x, "x", device);
+  check_like(theta, "theta", x);
+  TORCH_CHECK(x.dim() == 4, "x must be (N, C, h, w), got ", x.sizes());
+  TORCH_CHECK(out_h > 0 && out_w > 0, "out size must be positive, got (", out_h, ", ", out_w, ")");
+  TORCH_CHECK(mode == kAffine || mode == kProjective || mode == kTps, "unknown warp mode ", mode);
+  const int64_t n = x.size(0);
+  if (mode == kAffine) check_sizes(theta, "theta", {n, 6});
+  if (mode == kProjective) check_sizes(theta, "theta", {n, 9});
+  TORCH_CHECK(wts.has_value() == (mode == kTps), "wts must be given exactly for TPS warps");
+  if (mode == kTps) {
+    check_sizes(theta, "theta", {n, -1, 2});
+    check_like(*wts, "wts", x);
+    check_sizes(*wts, "wts", {out_h * out_w, theta.size(1)});
+  }
+}
+
+inline void check_composite(const at::Tensor& layers, const at::Tensor& masks, const at::Tensor& occ,
+                            const std::optional<at::Tensor>& bg, at::DeviceType device) {
+  check_device(layers, "layers", device);
+  TORCH_CHECK(layers.dim() == 5, "layers must be (L, B, C, H, W), got ", layers.sizes());
+  const int64_t L = layers.size(0), B = layers.size(1);
+  TORCH_CHECK(L >= 1 && L <= kMaxLayers, "the native kernels take 1 to ", kMaxLayers, " layers, got ", L);
+  check_like(masks, "masks", layers);
+  check_sizes(masks, "masks", {L, B, 1, layers.size(3), layers.size(4)});
+  check_like(occ, "occlusion", layers);
+  check_sizes(occ, "occlusion", {L, L, B});
+  if (bg.has_value()) {
+    check_like(*bg, "background", layers);
+    check_sizes(*bg, "background", {B, layers.size(2), layers.size(3), layers.size(4)});
+  }
+}
+
+// Render-loss sizes: L layers, B images of C colour channels and H x W pixels, sprites of h x w with E extra
+// channels (mask; mask and canvas with noise).
+struct Dims {
+  int64_t L, B, C, E, H, W, h, w;
+};
+
+inline Dims check_render(const at::Tensor& x, const at::Tensor& sprites, const at::Tensor& theta,
+                         const at::Tensor& occ, const std::optional<at::Tensor>& bg,
+                         const std::optional<at::Tensor>& noise, at::DeviceType device) {
+  check_device(x, "x", device);
+  TORCH_CHECK(x.dim() == 4, "x must be (B, C, H, W), got ", x.sizes());
+  TORCH_CHECK(sprites.dim() == 5, "sprites must be (L, B, C + E, h, w), got ", sprites.sizes());
+  Dims d{sprites.size(0), x.size(0), x.size(1), noise.has_value() ? 2 : 1, x.size(2), x.size(3), sprites.size(3),
+         sprites.size(4)};
+  TORCH_CHECK(d.L >= 1 && d.L <= kMaxLayers, "the native kernels take 1 to ", kMaxLayers, " layers, got ", d.L);
+  check_like(sprites, "sprites", x);
+  check_sizes(sprites, "sprites", {d.L, d.B, d.C + d.E, -1, -1});
+  check_like(theta, "theta", x);
+  check_sizes(theta, "theta", {d.L, d.B, 6});
+  check_like(occ, "occlusion", x);
+  check_sizes(occ, "occlusion", {d.L, d.L, d.B});
+  if (bg.has_value()) {
+    check_like(*bg, "background", x);
+    check_sizes(*bg, "background", {d.B, d.C, d.H, d.W});
+  }
+  if (noise.has_value()) {
+    check_like(*noise, "noise", x);
+    check_sizes(*noise, "noise", {d.L, d.B, 1, d.H, d.W});
+  }
+  return d;
+}
+
+inline void check_greedy(const at::Tensor& x_in, const at::Tensor& sprites_in, const at::Tensor& theta_in,
+                         const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in, int64_t n_iter,
+                         const std::optional<at::Tensor>& penalty_in, const std::optional<at::Tensor>& noise_in,
+                         at::DeviceType device) {
+  check_device(x_in, "x", device);
+  TORCH_CHECK(x_in.dim() == 4, "x must be (B, C, H, W), got ", x_in.sizes());
+  TORCH_CHECK(sprites_in.dim() == 6, "sprites must be (L, K, B, C + E, h, w), got ", sprites_in.sizes());
+  const int64_t L = sprites_in.size(0), K = sprites_in.size(1), B = x_in.size(0), C = x_in.size(1);
+  const int64_t H = x_in.size(2), W = x_in.size(3), E = noise_in.has_value() ? 2 : 1;
+  TORCH_CHECK(L >= 1 && L <= kMaxLayers, "the native kernels take 1 to ", kMaxLayers, " layers, got ", L);
+  TORCH_CHECK(K >= 1, "there must be at least one candidate sprite");
+  TORCH_CHECK(n_iter >= 1, "n_iter must be positive, got ", n_iter);
+  check_like(sprites_in, "sprites", x_in);
+  check_sizes(sprites_in, "sprites", {L, K, B, C + E, -1, -1});
+  check_like(theta_in, "theta", x_in);
+  check_sizes(theta_in, "theta", {L, B, 6});
+  check_like(occ_in, "occlusion", x_in);
+  check_sizes(occ_in, "occlusion", {L, L, B});
+  if (bg_in.has_value()) {
+    check_like(*bg_in, "background", x_in);
+    check_sizes(*bg_in, "background", {B, C, H, W});
+  }
+  if (penalty_in.has_value()) {
+    check_like(*penalty_in, "empty_penalty", x_in);
+    check_sizes(*penalty_in, "empty_penalty", {K});
+  }
+  if (noise_in.has_value()) {
+    check_like(*noise_in, "noise", x_in);
+    check_sizes(*noise_in, "noise", {K, 1, H, W});
+  }
+}
+
+}  // namespace dtifast
