@@ -294,3 +294,24 @@ def make_runner(case: OpCase, fn: Callable, args: list[Any], mode: str) -> tuple
         return torch.autograd.grad(out, inputs, grads)
     moved = _nbytes(args) + _nbytes(outs) + _nbytes(grads) + _nbytes(args) + _nbytes(inputs)
     return run_fwd_bwd, moved
+
+
+def prepare(case: OpCase, shapes: Shapes, provider: str, device: torch.device,
+            mode: str) -> tuple[Callable[[], Any], int]:
+    """Inputs, callable and byte count of one case for one provider (see :func:`make_runner`).
+
+    Raises:
+        Skip: the provider cannot run the case here, or ``torch.compile`` cannot compile it.
+    """
+    fn = op_function(case.op, provider, device)
+    args = make_inputs(case, shapes, device, mode)
+    try:
+        runner, moved = make_runner(case, fn, args, mode)
+        if provider == COMPILE:
+            runner()  # fwd+bwd compiles the backward graph on this second call
+    except Exception as err:  # noqa: BLE001 - compile failures come as many exception types
+        if provider != COMPILE:
+            raise
+        raise Skip(f"torch.compile failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}") from None
+    return runner, moved
+

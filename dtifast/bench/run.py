@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .machine import peak_memory, time_call
-from .ops import COMPILE, OP_CASES, Skip, make_inputs, make_runner, op_function, shapes_for
+from .ops import COMPILE, OP_CASES, Skip, prepare, shapes_for
 from .train_step import TrainStep, max_batch_cuda, max_batch_from_growth
 
 
@@ -85,18 +85,8 @@ def run_ops(configs: Sequence[str], batch: int, providers: Sequence[str], device
                            "machine": machine}
 
                     def work(case=case, mode=mode, provider=provider) -> dict[str, Any]:
-                        fn = op_function(case.op, provider, device)
-                        args = make_inputs(case, shapes, device, mode)
-                        try:
-                            runner, moved = make_runner(case, fn, args, mode)
-                        except Exception as err:  # noqa: BLE001 - see TrainStep.check
-                            if provider != COMPILE:
-                                raise
-                            raise Skip(f"torch.compile failed: {type(err).__name__}: "
-                                       f"{str(err).splitlines()[0][:300]}") from None
-                        # The compiled provider's first calls compile; keep them out of the figure.
-                        timing = time_call(runner, device, warmup=warmup + (1 if provider == COMPILE else 0),
-                                           repeats=repeats)
+                        runner, moved = prepare(case, shapes, provider, device, mode)
+                        timing = time_call(runner, device, warmup=warmup, repeats=repeats)
                         memory = peak_memory(runner, device)
                         return {**timing.as_dict(), "bytes": moved, "gbps": moved / timing.median / 1e9,
                                 **(memory or {})}
