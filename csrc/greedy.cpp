@@ -37,6 +37,9 @@ struct Greedy {
     // Current choice of every layer, placed in the image (empty: colour 0, mask 0).
     std::vector<scalar_t> cur_col(L * C * HW, scalar_t(0)), cur_m(L * HW, scalar_t(0));
     std::vector<scalar_t> s0(C * HW), s1(C * HW), a(HW), col(C);
+    std::vector<Bilinear<scalar_t>> taps(HW);
+    std::vector<int64_t> active;
+    active.reserve(HW);
     const scalar_t* xb = x + b * C * HW;
     const scalar_t* bgb = bg ? bg + b * C * HW : nullptr;
     const scalar_t* ob = occ + b;
@@ -66,23 +69,37 @@ struct Greedy {
           }
           a[p] = visibility<scalar_t>(ob, B, m, Li, li, -1);
         }
+        // Every candidate of layer l in image b shares the placement: its taps are computed once. Pixels
+        // outside the placed sprite see colour 0 and mask 0 for every candidate; their error is summed once.
         const scalar_t* th = theta + (l * B + b) * 6;
+        active.clear();
+        double sse_outside = 0;
+        for (int64_t i = 0; i < H; ++i) {
+          for (int64_t j = 0; j < W; ++j) {
+            const int64_t p = i * W + j;
+            taps[p] = place_taps<scalar_t>(th, h, w, i, j, H, W);
+            if (taps[p].any_valid) {
+              active.push_back(p);
+              continue;
+            }
+            for (int64_t c = 0; c < C; ++c) {
+              const double diff = static_cast<double>(s0[c * HW + p] - xb[c * HW + p]);
+              sse_outside += diff * diff;
+            }
+          }
+        }
         int64_t best = 0;
         scalar_t best_dist = std::numeric_limits<scalar_t>::infinity();
         for (int64_t k = 0; k < K; ++k) {
-          double sse = 0;
+          double sse = sse_outside;
           const scalar_t* spr = sprite(l, k, b);
-          for (int64_t i = 0; i < H; ++i) {
-            for (int64_t j = 0; j < W; ++j) {
-              const int64_t p = i * W + j;
-              const Placed<scalar_t> pl =
-                  place_pixel<scalar_t>(spr, hw, C, h, w, th, i, j, H, W, noise ? noise + k * HW + p : nullptr,
-                                        col.data());
-              for (int64_t c = 0; c < C; ++c) {
-                const scalar_t out = s0[c * HW + p] - pl.mask * s1[c * HW + p] + a[p] * pl.mask * col[c];
-                const double diff = static_cast<double>(out - xb[c * HW + p]);
-                sse += diff * diff;
-              }
+          for (const int64_t p : active) {
+            const Placed<scalar_t> pl =
+                place_from_taps<scalar_t>(taps[p], spr, hw, C, noise ? noise + k * HW + p : nullptr, col.data());
+            for (int64_t c = 0; c < C; ++c) {
+              const scalar_t out = s0[c * HW + p] - pl.mask * s1[c * HW + p] + a[p] * pl.mask * col[c];
+              const double diff = static_cast<double>(out - xb[c * HW + p]);
+              sse += diff * diff;
             }
           }
           scalar_t dist = static_cast<scalar_t>(sse / static_cast<double>(C * HW));
@@ -94,14 +111,11 @@ struct Greedy {
         }
         for (int64_t k = 0; k < K; ++k) selection[(l * K + k) * B + b] = k == best ? scalar_t(1) : scalar_t(0);
         const scalar_t* spr = sprite(l, best, b);
-        for (int64_t i = 0; i < H; ++i) {
-          for (int64_t j = 0; j < W; ++j) {
-            const int64_t p = i * W + j;
-            const Placed<scalar_t> pl = place_pixel<scalar_t>(
-                spr, hw, C, h, w, th, i, j, H, W, noise ? noise + best * HW + p : nullptr, col.data());
-            cur_m[l * HW + p] = pl.mask;
-            for (int64_t c = 0; c < C; ++c) cur_col[(l * C + c) * HW + p] = col[c];
-          }
+        for (int64_t p = 0; p < HW; ++p) {
+          const Placed<scalar_t> pl = place_from_taps<scalar_t>(taps[p], spr, hw, C,
+                                                                noise ? noise + best * HW + p : nullptr, col.data());
+          cur_m[l * HW + p] = pl.mask;
+          for (int64_t c = 0; c < C; ++c) cur_col[(l * C + c) * HW + p] = col[c];
         }
       }
     }

@@ -20,13 +20,27 @@ struct Placed {
   T canvas;    // sampled canvas (0 without noise)
 };
 
+// The taps of output pixel (i, j) in an (h, w) sprite placed by position matrix theta.
 template <typename T>
-DTIFAST_HD Placed<T> place_pixel(const T* sprite, int64_t ps, int64_t C, int64_t h, int64_t w, const T* theta,
-                                 int64_t i, int64_t j, int64_t H, int64_t W, const T* noise, T* col) {
-  Placed<T> p;
+DTIFAST_HD Bilinear<T> place_taps(const T* theta, int64_t h, int64_t w, int64_t i, int64_t j, int64_t H, int64_t W) {
   T gx, gy;
   grid_point<T>(kAffine, theta, nullptr, 0, i, j, H, W, gx, gy);
-  p.taps = bilinear_taps<T>(gx, gy, h, w, false);
+  return bilinear_taps<T>(gx, gy, h, w, false);
+}
+
+// place_pixel for taps already computed (shared by every candidate sprite of one layer and image).
+template <typename T>
+DTIFAST_HD Placed<T> place_from_taps(const Bilinear<T>& taps, const T* sprite, int64_t ps, int64_t C,
+                                     const T* noise, T* col) {
+  Placed<T> p;
+  p.taps = taps;
+  if (!taps.any_valid) {  // outside the sprite: zero colour, mask softclip(0 + 0 * noise) = 0
+    if (col != nullptr) {
+      for (int64_t c = 0; c < C; ++c) col[c] = T(0);
+    }
+    p.mask = p.pre = p.canvas = T(0);
+    return p;
+  }
   if (col != nullptr) {
     for (int64_t c = 0; c < C; ++c) col[c] = bilinear_read(p.taps, sprite + c * ps);
   }
@@ -42,6 +56,12 @@ DTIFAST_HD Placed<T> place_pixel(const T* sprite, int64_t ps, int64_t C, int64_t
   return p;
 }
 
+template <typename T>
+DTIFAST_HD Placed<T> place_pixel(const T* sprite, int64_t ps, int64_t C, int64_t h, int64_t w, const T* theta,
+                                 int64_t i, int64_t j, int64_t H, int64_t W, const T* noise, T* col) {
+  return place_from_taps<T>(place_taps<T>(theta, h, w, i, j, H, W), sprite, ps, C, noise, col);
+}
+
 // Backward for colour gradients dcol[C] and mask gradient dmask: scatters into the sprite's planes dsprite
 // (layout of sprite; null: not wanted), adds the position-matrix gradient into dtheta (null: not wanted) and
 // returns the noise gradient (0 without noise).
@@ -49,6 +69,8 @@ template <typename T>
 DTIFAST_HD T place_pixel_backward(const Placed<T>& p, const T* sprite, int64_t ps, int64_t C, const T* theta,
                                   int64_t i, int64_t j, int64_t H, int64_t W, const T* noise, const T* dcol,
                                   T dmask, T* dsprite, T* dtheta) {
+  // Outside the sprite nothing was read: no gradient to the sprite, the placement or the noise (canvas 0).
+  if (!p.taps.any_valid) return T(0);
   T gix = 0, giy = 0;
   for (int64_t c = 0; c < C; ++c) {
     bilinear_backward<T>(p.taps, sprite + c * ps, dcol[c], dsprite ? dsprite + c * ps : nullptr, gix, giy);

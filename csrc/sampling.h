@@ -123,16 +123,26 @@ DTIFAST_HD void grid_point_backward(int mode, const T* theta, const T* wts, int6
 }
 
 // Softclip (dtifast/ops/reference.py softclip): identity on [0, 1], slope s outside.
+// Written as clamp + s * min(v, 0) + s * max(v - 1, 0), every term computed unconditionally and combined
+// with pure selects: the compiler turns those into min/max instructions and vectorises the loop, where
+// branches (or arithmetic inside a branch, which it may not speculate) mispredict on inputs straddling
+// [0, 1]. Bit-identical to the branchy form: the outer terms are exact zeros where they do not apply.
 template <typename T>
 DTIFAST_HD T softclip_value(T v, T s) {
-  return v < T(0) ? s * v : (v > T(1) ? T(1) + s * (v - T(1)) : v);
+  const T d = v - T(1);
+  const T low = v < T(0) ? T(0) : v;
+  const T clamped = low > T(1) ? T(1) : low;
+  const T below = v < T(0) ? v : T(0);
+  const T above = d > T(0) ? d : T(0);
+  return clamped + s * below + s * above;
 }
 
 // Its derivative with the reference's subgradient: at exactly 0 or 1, clamp passes 1 and the
 // minimum/maximum against 0 split their gradient in half.
 template <typename T>
 DTIFAST_HD T softclip_grad(T v, T s) {
-  return (v < T(0) || v > T(1)) ? s : ((v == T(0) || v == T(1)) ? T(1) + s / T(2) : T(1));
+  const T inner = (v == T(0) || v == T(1)) ? T(1) + s / T(2) : T(1);
+  return (v < T(0) || v > T(1)) ? s : inner;
 }
 
 // The four taps of one bilinear sample of an (h, w) plane, as F.grid_sample computes them.
@@ -140,6 +150,7 @@ template <typename T>
 struct Bilinear {
   int64_t offset[4];  // y * w + x of nw, ne, sw, se; only meaningful where valid
   bool valid[4];
+  bool any_valid, all_valid;  // fast paths: nothing to read (outside the input), or no bounds checks
   T weight[4];
   T ix, iy;            // unnormalised (and, for border, clipped) source coordinates
   T x0, y0;            // floor(ix), floor(iy)
@@ -187,12 +198,18 @@ DTIFAST_HD Bilinear<T> bilinear_taps(T gx, T gy, int64_t h, int64_t w, bool bord
     b.valid[t] = x >= 0 && x < w && y >= 0 && y < h;
     b.offset[t] = b.valid[t] ? y * w + x : 0;
   }
+  b.any_valid = b.valid[0] || b.valid[1] || b.valid[2] || b.valid[3];
+  b.all_valid = b.valid[0] && b.valid[1] && b.valid[2] && b.valid[3];
   return b;
 }
 
 // One channel: the bilinear interpolation of plane (h*w values) at the taps.
 template <typename T>
 DTIFAST_HD T bilinear_read(const Bilinear<T>& b, const T* plane) {
+  if (b.all_valid) {
+    return b.weight[0] * plane[b.offset[0]] + b.weight[1] * plane[b.offset[1]] + b.weight[2] * plane[b.offset[2]] +
+           b.weight[3] * plane[b.offset[3]];
+  }
   T acc = 0;
   for (int t = 0; t < 4; ++t) {
     if (b.valid[t]) acc += b.weight[t] * plane[b.offset[t]];
@@ -204,6 +221,7 @@ DTIFAST_HD T bilinear_read(const Bilinear<T>& b, const T* plane) {
 // respect to the unnormalised coordinates into (gix, giy).
 template <typename T>
 DTIFAST_HD void bilinear_backward(const Bilinear<T>& b, const T* plane, T g, T* dplane, T& gix, T& giy) {
+  if (!b.any_valid) return;  // all taps outside: the sample was 0 and nothing depends on the location
   const T v0 = b.valid[0] ? plane[b.offset[0]] : T(0);
   const T v1 = b.valid[1] ? plane[b.offset[1]] : T(0);
   const T v2 = b.valid[2] ? plane[b.offset[2]] : T(0);
