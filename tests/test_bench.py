@@ -169,3 +169,11 @@ def test_run_report_rejects_bad_arguments(tmp_path):
 def test_cuda_request_without_gpu_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no CUDA device"):
         run_report(torch.device("cuda"), tmp_path, ["ops"])
+
+
+def test_time_budget_reports_the_cases_it_cut(tmp_path):
+    result = run_report(
+        CPU, tmp_path, ["ops", "train"], op_configs=["tetro"], op_batch=1, train_configs=["tetro"],
+        train_batches=[1], compile_models=False, compile_ops=False, repeats=1, time_budget_s=1e-9, quiet=True)
+    assert result["rows"] and all(r["status"] == "skipped" and "time budget" in r["reason"] for r in result["rows"])
+    assert (tmp_path / "cpu.md").exists() and (tmp_path / "cpu.json").exists()

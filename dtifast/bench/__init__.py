@@ -31,14 +31,17 @@ __all__ = ["add_parser", "main", "run_report", "DEVICE_DEFAULTS"]
 SECTIONS = ("ops", "train", "max-batch")
 ALL_CONFIGS = ("tetro", "dsprites", "clevr6", "gtsrb8", "svhn", "horse", "instagram")
 
-# Per device: op shape sets and batch, training configs and batches, compiled configs, max-batch
-# configs and (CPU) the two batches the memory line goes through.
+# Per device: op shape sets and batch; training configs and batches (listed in the order they run:
+# the headline batch first, so that a time budget cuts the others); the cases that get the
+# torch.compile baseline (compiling takes 10 s per op and minutes per model, so not every shape
+# set); max-batch configs and (CPU) the two batches the memory line goes through.
 DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     "cuda": {
-        "op_configs": ["tetro", "dsprites", "clevr6", "gtsrb8"], "op_batch": 128,
-        "train_configs": list(ALL_CONFIGS), "train_batches": [32, 128, 512],
-        "compile_configs": None, "max_batch_configs": ["tetro", "dsprites", "clevr6"],
-        "repeats": 10, "warmup": 2,
+        "op_configs": ["clevr6", "tetro", "dsprites", "gtsrb8"], "op_batch": 128,
+        "train_configs": list(ALL_CONFIGS), "train_batches": [128, 32, 512],
+        "compile_op_configs": ["clevr6"], "compile_train": [("clevr6", 128), ("tetro", 128)],
+        "max_batch_configs": ["clevr6", "tetro", "dsprites"],
+        "repeats": 5, "warmup": 2,
     },
     "cpu": {
         "op_configs": ["tetro", "gtsrb8"], "op_batch": 8,
@@ -46,10 +49,13 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
         "train_configs": list(ALL_CONFIGS),
         "train_batches": {"tetro": [8], "gtsrb8": [8], "svhn": [8], "horse": [8], "dsprites": [4],
                           "instagram": [2], "clevr6": [2]},
-        "compile_configs": ["tetro"], "max_batch_configs": ["tetro", "clevr6"], "cpu_batches": [1, 4],
+        "compile_op_configs": ["tetro"], "compile_train": [("tetro", 8)],
+        "max_batch_configs": ["tetro", "clevr6"], "cpu_batches": [1, 4],
         "repeats": 3, "warmup": 1,
     },
 }
+# Shares of --time-budget at which each section must have finished (time left over carries on).
+SECTION_DEADLINES = {"ops": 0.35, "train": 0.8, "max-batch": 1.0}
 
 
 def _batches_per_config(configs: Sequence[str], spec: Any) -> dict[str, list[int]]:
@@ -73,11 +79,13 @@ def run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str] 
         sections: any of ``ops``, ``train``, ``max-batch``.
         op_configs, op_batch: shape sets for the ops (default: :data:`DEVICE_DEFAULTS`).
         train_configs, train_batches: training-step cases (default: :data:`DEVICE_DEFAULTS`).
-        compile_models, compile_ops: include the ``torch.compile`` baseline.
+        compile_models, compile_ops: include the ``torch.compile`` baseline (for the default cases,
+            only on the subset :data:`DEVICE_DEFAULTS` names; for cases given here, on all of them).
         max_batch_configs: configs for the largest-batch search.
         memory_budget_gib: the budget of that search.
         repeats: timed repeats per case.
-        time_budget_s: wall-clock allowance; cases after it are reported as skipped.
+        time_budget_s: wall-clock allowance, shared among sections (:data:`SECTION_DEADLINES`); cases
+            past a section's deadline are reported as skipped.
         check_finite: keep the ops' finite-value input check on (off by default: it is a validation
             pass that a training loop makes once, not part of an op's cost).
         ops_filter: only these ops.
@@ -116,16 +124,21 @@ def run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str] 
     start = time.perf_counter()
     op_prov = op_providers(device, with_compile=compile_ops)
     tr_prov = train_providers(device, with_compile=compile_models)
+    explicit = op_configs is not None or train_configs is not None
     rows: list[dict[str, Any]] = []
     if "ops" in sections:
+        budget.until(SECTION_DEADLINES["ops"])
         rows += run_ops(op_configs or defaults["op_configs"], op_batch or defaults["op_batch"], op_prov, device,
-                        machine, budget, repeats, defaults["warmup"], log, ops_filter)
+                        machine, budget, repeats, defaults["warmup"], log, ops_filter,
+                        compile_configs=None if explicit else defaults["compile_op_configs"])
     if "train" in sections:
+        budget.until(SECTION_DEADLINES["train"])
         configs = train_configs or defaults["train_configs"]
         batches = _batches_per_config(configs, train_batches or defaults["train_batches"])
         rows += run_train(configs, batches, tr_prov, device, machine, budget, repeats, log,
-                          compile_configs=defaults["compile_configs"] if train_configs is None else None)
+                          compile_cases=None if explicit else defaults["compile_train"])
     if "max-batch" in sections:
+        budget.until(SECTION_DEADLINES["max-batch"])
         eager = ["torch"] + [p for p in tr_prov if p not in ("torch", COMPILE)]
         rows += run_max_batch(max_batch_configs or defaults["max_batch_configs"], eager, device, machine, budget,
                               int(memory_budget_gib * 2**30), log, cpu_batches=defaults.get("cpu_batches", (1, 4)))

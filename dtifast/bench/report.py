@@ -99,7 +99,8 @@ def _train_table(rows: Sequence[dict[str, Any]]) -> list[str]:
              "the peak resident set over the step on the CPU.", "",
              "| config | batch | provider | images/s | ms/step (p20–p80) | peak MiB | vs `torch` |",
              "|---|---|---|---|---|---|---|"]
-    for r in ok:
+    configs = _ordered(r["config"] for r in ok)
+    for r in sorted(ok, key=lambda r: (configs.index(r["config"]), r["batch"])):
         base = next((b["median_s"] for b in ok if b["provider"] == "torch" and b["config"] == r["config"]
                      and b["batch"] == r["batch"]), None)
         mem_key = "peak_bytes" if r["device"].startswith("cuda") else "growth_bytes"
@@ -185,7 +186,8 @@ def write_plots(out: pathlib.Path, prefix: str, rows: Sequence[dict[str, Any]], 
         written.append(str(path))
     train_rows = _ok(rows, "train")
     if train_rows:
-        groups = _ordered((r["config"], r["batch"]) for r in train_rows)
+        groups = sorted(_ordered((r["config"], r["batch"]) for r in train_rows),
+                        key=lambda g: ([r["config"] for r in train_rows].index(g[0]), g[1]))
         shown = [p for p in colors if any(r["provider"] == p for r in train_rows)]
         mem_key = "peak_bytes" if train_rows[0]["device"].startswith("cuda") else "growth_bytes"
         fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(groups) * 2), 4.5))

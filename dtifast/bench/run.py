@@ -24,15 +24,20 @@ from .train_step import TrainStep, max_batch_cuda, max_batch_from_growth
 
 @dataclass
 class Budget:
-    """Wall-clock allowance for a whole report (None: unlimited)."""
+    """Wall-clock allowance for a whole report (None: unlimited), with per-section deadlines."""
     seconds: Optional[float] = None
     start: float = field(default_factory=time.perf_counter)
+    share: float = 1.0
+
+    def until(self, share: float) -> None:
+        """From now on, cases must start before ``share`` of the allowance has passed."""
+        self.share = share
 
     def spent(self) -> bool:
-        return self.seconds is not None and time.perf_counter() - self.start > self.seconds
+        return self.seconds is not None and time.perf_counter() - self.start > self.share * self.seconds
 
     def reason(self) -> str:
-        return f"time budget of {self.seconds:g} s spent before this case"
+        return f"time budget spent ({self.share:.0%} of {self.seconds:g} s for the sections so far)"
 
 
 def _guarded(row: dict[str, Any], work: Callable[[], dict[str, Any]], budget: Budget,
@@ -70,8 +75,12 @@ def _short(row: dict[str, Any]) -> str:
 
 def run_ops(configs: Sequence[str], batch: int, providers: Sequence[str], device: torch.device,
             machine: dict[str, Any], budget: Budget, repeats: int, warmup: int,
-            log: Callable[[str], None], ops_filter: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
-    """Time every op that a config's training step runs, for every provider and mode."""
+            log: Callable[[str], None], ops_filter: Optional[Sequence[str]] = None,
+            compile_configs: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+    """Time every op that a config's training step runs, for every provider and mode.
+
+    ``compile_configs``: shape sets that get the ``torch.compile`` provider (None: all).
+    """
     rows = []
     for config in configs:
         shapes = shapes_for(config, batch)
@@ -83,6 +92,9 @@ def run_ops(configs: Sequence[str], batch: int, providers: Sequence[str], device
                     row = {"section": "op", "op": case.op, "config": config, "batch": batch, "mode": mode,
                            "shapes": shapes.describe(), "provider": provider, "device": str(device),
                            "machine": machine}
+                    if provider == COMPILE and compile_configs is not None and config not in compile_configs:
+                        rows.append({**row, "status": "skipped", "reason": _compile_reason(compile_configs)})
+                        continue
 
                     def work(case=case, mode=mode, provider=provider) -> dict[str, Any]:
                         runner, moved = prepare(case, shapes, provider, device, mode)
@@ -94,36 +106,40 @@ def run_ops(configs: Sequence[str], batch: int, providers: Sequence[str], device
     return rows
 
 
+def _compile_reason(cases: Sequence[Any]) -> str:
+    shown = ", ".join(c if isinstance(c, str) else f"{c[0]} B={c[1]}" for c in cases)
+    return f"torch.compile runs only for {shown} in this report (each compilation takes seconds to minutes)"
+
+
 def run_train(configs: Sequence[str], batches: dict[str, Sequence[int]], providers: Sequence[str],
               device: torch.device, machine: dict[str, Any], budget: Budget, repeats: int,
-              log: Callable[[str], None], compile_configs: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+              log: Callable[[str], None], compile_cases: Optional[Sequence[tuple[str, int]]] = None
+              ) -> list[dict[str, Any]]:
     """Images/s and peak memory of a full training step, per config, provider and batch size.
 
     Args:
-        batches: batch sizes per config.
-        compile_configs: configs for which ``torch.compile`` runs (None: all); compiling a whole model
-            takes minutes on a small CPU, so the CPU report compiles one.
+        batches: batch sizes per config; the i-th batch of every config runs before the (i+1)-th of any.
+        compile_cases: ``(config, batch)`` pairs for which ``torch.compile`` runs (None: all).
     """
+    order = sorted(((i, j, config, batch) for j, config in enumerate(configs)
+                    for i, batch in enumerate(batches[config])))
     rows = []
-    for config in configs:
-        for batch in batches[config]:
-            for provider in providers:
-                row = {"section": "train", "config": config, "batch": batch, "provider": provider,
-                       "device": str(device), "machine": machine}
-                if provider == COMPILE and compile_configs is not None and config not in compile_configs:
-                    rows.append({**row, "status": "skipped",
-                                 "reason": f"torch.compile of whole models runs only for {list(compile_configs)} "
-                                           "in this report (compiling takes minutes here)"})
-                    continue
+    for _, _, config, batch in order:
+        for provider in providers:
+            row = {"section": "train", "config": config, "batch": batch, "provider": provider,
+                   "device": str(device), "machine": machine}
+            if provider == COMPILE and compile_cases is not None and (config, batch) not in compile_cases:
+                rows.append({**row, "status": "skipped", "reason": _compile_reason(compile_cases)})
+                continue
 
-                def work(config=config, batch=batch, provider=provider) -> dict[str, Any]:
-                    step = TrainStep(config, provider, batch, device)
-                    step.check()
-                    timing = time_call(step, device, warmup=1, repeats=repeats)
-                    memory = peak_memory(step, device)
-                    return {**timing.as_dict(), "images_per_s": batch / timing.median, "epoch": step.epoch,
-                            **(memory or {})}
-                rows.append(_guarded(row, work, budget, log))
+            def work(config=config, batch=batch, provider=provider) -> dict[str, Any]:
+                step = TrainStep(config, provider, batch, device)
+                step.check()
+                timing = time_call(step, device, warmup=1, repeats=repeats)
+                memory = peak_memory(step, device)
+                return {**timing.as_dict(), "images_per_s": batch / timing.median, "epoch": step.epoch,
+                        **(memory or {})}
+            rows.append(_guarded(row, work, budget, log))
     return rows
 
 
