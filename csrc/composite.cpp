@@ -39,10 +39,8 @@ at::Tensor composite_cpu(const at::Tensor& layers_in, const at::Tensor& masks_in
           for (int64_t l = 0; l < L; ++l) m[l] = ms[(l * B + b) * HW + p];
           const scalar_t* x = xs + b * C * HW + p;
           const scalar_t* bgp = bg ? bg + b * C * HW + p : nullptr;
-          for (int64_t c = 0; c < C; ++c) {
-            dst[(b * C + c) * HW + p] =
-                composite_channel<scalar_t>(os + b, B, m, x, B * C * HW, HW, bgp, HW, static_cast<int>(L), c);
-          }
+          composite_pixel<scalar_t>(os + b, B, m, x, B * C * HW, HW, bgp, HW, static_cast<int>(L), C,
+                                    dst + b * C * HW + p, HW);
         }
       }
     });

@@ -35,13 +35,36 @@ DTIFAST_HD T background_visibility(const T* m, int L, int skip) {
   return v;
 }
 
+// Every channel of one pixel: out[c * out_s]. The layer weights vis_k m_k are computed once per pixel.
 template <typename T>
-DTIFAST_HD T composite_channel(const T* occ, int64_t os, const T* m, const T* xs, int64_t ls, int64_t cs,
-                               const T* bg, int64_t bs, int L, int64_t c) {
-  T acc = T(0);
-  for (int k = 0; k < L; ++k) acc += visibility(occ, os, m, L, k, -1) * m[k] * xs[k * ls + c * cs];
-  if (bg != nullptr) acc += background_visibility(m, L, -1) * bg[c * bs];
-  return acc;
+DTIFAST_HD void composite_pixel(const T* occ, int64_t os, const T* m, const T* xs, int64_t ls, int64_t cs,
+                                const T* bg, int64_t bs, int L, int64_t C, T* out, int64_t out_s) {
+  T wt[kMaxLayers];
+  for (int k = 0; k < L; ++k) wt[k] = visibility(occ, os, m, L, k, -1) * m[k];
+  const T wb = bg != nullptr ? background_visibility(m, L, -1) : T(0);
+  for (int64_t c = 0; c < C; ++c) {
+    T acc = T(0);
+    for (int k = 0; k < L; ++k) acc += wt[k] * xs[k * ls + c * cs];
+    if (bg != nullptr) acc += wb * bg[c * bs];
+    out[c * out_s] = acc;
+  }
+}
+
+// excl[k] = prod_{j != k} f[j] for the L factors f, by prefix and suffix products (no division, so a
+// factor of exactly 0 is handled); returns the product of all factors.
+template <typename T>
+DTIFAST_HD T products_excluding_one(const T* f, int L, T* excl) {
+  T prefix = T(1);
+  for (int k = 0; k < L; ++k) {
+    excl[k] = prefix;
+    prefix *= f[k];
+  }
+  T suffix = T(1);
+  for (int k = L - 1; k >= 0; --k) {
+    excl[k] *= suffix;
+    suffix *= f[k];
+  }
+  return prefix;
 }
 
 // Backward of one pixel for upstream gradient g (channel c at g[c * gs]):
@@ -49,45 +72,45 @@ DTIFAST_HD T composite_channel(const T* occ, int64_t os, const T* m, const T* xs
 //   dxs       gradient of the layer colours, same layout as xs (added; null: not wanted);
 //   docc      gradient of o_jk at docc[j * L + k] (added; null: not wanted); the diagonal gets nothing;
 //   dbg       gradient of the background, layout of bg (added; null: not wanted).
+// For each layer l the factors f_j = 1 - o_jl m_j (f_l = 1) give vis_l and, for every j, vis_l without
+// f_j in O(L): O(L^2) per pixel in all.
 template <typename T>
 DTIFAST_HD void composite_backward(const T* occ, int64_t os, const T* m, const T* xs, int64_t ls, int64_t cs,
                                    const T* bg, int64_t bs, int L, int64_t C, const T* g, int64_t gs, T* dm,
                                    T* dxs, T* docc, T* dbg) {
-  T a[kMaxLayers];  // a_l = m_l * sum_c g_c x_lc: d out / d vis_l, projected on g
+  T f[kMaxLayers];
+  T excl[kMaxLayers * kMaxLayers];  // excl[l * L + j]: prod_{i != l, j} (1 - o_il m_i)
+  T ma[kMaxLayers];                 // m_l * sum_c g_c x_lc: the gradient of vis_l
   T vis[kMaxLayers];
   for (int l = 0; l < L; ++l) {
+    for (int j = 0; j < L; ++j) f[j] = j == l ? T(1) : T(1) - occ[(j * L + l) * os] * m[j];
+    vis[l] = products_excluding_one(f, L, excl + l * L);
     T s = T(0);
     for (int64_t c = 0; c < C; ++c) s += g[c * gs] * xs[l * ls + c * cs];
-    vis[l] = visibility(occ, os, m, L, l, -1);
-    a[l] = s;
+    ma[l] = m[l] * s;
     if (dxs != nullptr) {
-      const T f = vis[l] * m[l];
-      for (int64_t c = 0; c < C; ++c) dxs[l * ls + c * cs] += g[c * gs] * f;
+      const T wt = vis[l] * m[l];
+      for (int64_t c = 0; c < C; ++c) dxs[l * ls + c * cs] += g[c * gs] * wt;
     }
+    dm[l] = vis[l] * s;  // layer l's own term; the occlusion terms follow
   }
-  T a_bg = T(0);
   if (bg != nullptr) {
+    T a_bg = T(0);
     for (int64_t c = 0; c < C; ++c) a_bg += g[c * gs] * bg[c * bs];
+    for (int j = 0; j < L; ++j) f[j] = T(1) - m[j];
+    T excl_bg[kMaxLayers];
+    const T vis_bg = products_excluding_one(f, L, excl_bg);
+    for (int k = 0; k < L; ++k) dm[k] -= a_bg * excl_bg[k];
     if (dbg != nullptr) {
-      const T vb = background_visibility(m, L, -1);
-      for (int64_t c = 0; c < C; ++c) dbg[c * bs] += g[c * gs] * vb;
+      for (int64_t c = 0; c < C; ++c) dbg[c * bs] += g[c * gs] * vis_bg;
     }
   }
   for (int k = 0; k < L; ++k) {
-    // Layer k's own term, then k hiding every other layer l and the background.
-    T d = vis[k] * a[k];
     for (int l = 0; l < L; ++l) {
       if (l == k) continue;
-      const T o = occ[(k * L + l) * os];
-      if (o != T(0)) d -= o * m[l] * a[l] * visibility(occ, os, m, L, l, k);
-    }
-    if (bg != nullptr) d -= a_bg * background_visibility(m, L, k);
-    dm[k] = d;
-    if (docc != nullptr) {
-      const T ak = m[k] * a[k];
-      for (int j = 0; j < L; ++j) {
-        if (j != k) docc[j * L + k] -= ak * m[j] * visibility(occ, os, m, L, k, j);
-      }
+      // Layer k hides layer l: d vis_l / d m_k = -o_kl prod_{j != l, k} (1 - o_jl m_j).
+      dm[k] -= occ[(k * L + l) * os] * ma[l] * excl[l * L + k];
+      if (docc != nullptr) docc[k * L + l] -= ma[l] * m[k] * excl[l * L + k];
     }
   }
 }

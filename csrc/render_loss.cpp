@@ -47,10 +47,9 @@ struct RenderPass {
           m[l] = placed[l].mask;
         }
         const scalar_t* bgp = bg ? bg + b * C * HW + p : nullptr;
+        composite_pixel<scalar_t>(occ + b, d.B, m, col.data(), C, 1, bgp, HW, static_cast<int>(L), C, gout.data(), 1);
         for (int64_t c = 0; c < C; ++c) {
-          const scalar_t out = composite_channel<scalar_t>(occ + b, d.B, m, col.data(), C, 1, bgp, HW,
-                                                           static_cast<int>(L), c);
-          const scalar_t diff = out - x[(b * C + c) * HW + p];
+          const scalar_t diff = gout[c] - x[(b * C + c) * HW + p];
           sse += static_cast<double>(diff) * static_cast<double>(diff);
           gout[c] = grads ? scalar_t(2) * diff * grads->scale : scalar_t(0);
         }

@@ -36,9 +36,11 @@ enum WarpMode : int { kAffine = 0, kProjective = 1, kTps = 2 };
 constexpr double kHomogeneousEps = 1e-8;
 
 // Output pixel j of n on F.affine_grid's base grid (align_corners=False): linspace(-1, 1, n) * (n - 1) / n.
+// Multiplies by 1/n rather than dividing, so that the reciprocal is hoisted out of pixel loops (within an
+// ulp of torch's linspace * (n - 1) / n either way).
 template <typename T>
 DTIFAST_HD T pixel_centre(int64_t j, int64_t n) {
-  return (static_cast<T>(2 * j + 1) / static_cast<T>(n)) - T(1);
+  return static_cast<T>(2 * j + 1) * (T(1) / static_cast<T>(n)) - T(1);
 }
 
 // torch.linspace(-1, 1, n)[j], computed the way torch does (from both ends, so the last point is exactly 1).
@@ -181,18 +183,22 @@ DTIFAST_HD Bilinear<T> bilinear_taps(T gx, T gy, int64_t h, int64_t w, bool bord
   Bilinear<T> b;
   b.ix = source_index<T>(gx, w, border, b.dx_mult);
   b.iy = source_index<T>(gy, h, border, b.dy_mult);
-  b.x0 = floor(b.ix);
-  b.y0 = floor(b.iy);
+  // Coordinates far outside the image must not reach the integer conversion (it would overflow); every
+  // tap of such a sample is invalid anyway. Inside the limit, floor is a truncation plus a correction,
+  // which is exact and avoids a libm call per pixel.
+  const T lim = static_cast<T>(h > w ? h : w) + T(2);
+  const bool inside = b.ix > -lim && b.ix < lim && b.iy > -lim && b.iy < lim;
+  int64_t xi = inside ? static_cast<int64_t>(b.ix) : -2;
+  int64_t yi = inside ? static_cast<int64_t>(b.iy) : -2;
+  xi -= (inside && static_cast<T>(xi) > b.ix) ? 1 : 0;
+  yi -= (inside && static_cast<T>(yi) > b.iy) ? 1 : 0;
+  b.x0 = inside ? static_cast<T>(xi) : floor(b.ix);
+  b.y0 = inside ? static_cast<T>(yi) : floor(b.iy);
   const T x1 = b.x0 + T(1), y1 = b.y0 + T(1);
   b.weight[0] = (x1 - b.ix) * (y1 - b.iy);
   b.weight[1] = (b.ix - b.x0) * (y1 - b.iy);
   b.weight[2] = (x1 - b.ix) * (b.iy - b.y0);
   b.weight[3] = (b.ix - b.x0) * (b.iy - b.y0);
-  // Coordinates far outside the image must not overflow int64 before the bounds check.
-  const T lim = static_cast<T>(h > w ? h : w) + T(2);
-  const bool inside = b.x0 > -lim && b.x0 < lim && b.y0 > -lim && b.y0 < lim;
-  const int64_t xi = inside ? static_cast<int64_t>(b.x0) : -2;
-  const int64_t yi = inside ? static_cast<int64_t>(b.y0) : -2;
   for (int t = 0; t < 4; ++t) {
     const int64_t x = xi + (t & 1), y = yi + (t >> 1);
     b.valid[t] = x >= 0 && x < w && y >= 0 && y < h;

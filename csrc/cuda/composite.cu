@@ -16,10 +16,7 @@ __global__ void composite_forward_kernel(const T* layers, const T* masks, const 
   T m[kMaxLayers];
   for (int l = 0; l < L; ++l) m[l] = masks[(l * B + b) * HW + p];
   const int64_t at = b * C * HW + p;
-  for (int64_t c = 0; c < C; ++c) {
-    out[at + c * HW] = composite_channel<T>(occ + b, B, m, layers + at, B * C * HW, HW, bg ? bg + at : nullptr, HW,
-                                            L, c);
-  }
+  composite_pixel<T>(occ + b, B, m, layers + at, B * C * HW, HW, bg ? bg + at : nullptr, HW, L, C, out + at, HW);
 }
 
 template <typename T>

@@ -24,9 +24,8 @@ __device__ void render_pixel(const T* x, const T* sprites, const T* theta, const
     m[l] = placed[l].mask;
   }
   const T* bgp = bg ? bg + b * C * HW + p : nullptr;
-  for (int64_t c = 0; c < C; ++c) {
-    diff[c] = composite_channel<T>(occ + b, d.B, m, col, C, 1, bgp, HW, d.L, c) - x[(b * C + c) * HW + p];
-  }
+  composite_pixel<T>(occ + b, d.B, m, col, C, 1, bgp, HW, d.L, C, diff, 1);
+  for (int64_t c = 0; c < C; ++c) diff[c] -= x[(b * C + c) * HW + p];
 }
 
 template <typename T>
