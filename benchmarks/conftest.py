@@ -41,16 +41,23 @@ def machine(device) -> dict:
 
 @pytest.fixture
 def run_benchmark(benchmark, device, machine):
-    """``run_benchmark(fn, group, rounds, warmup, **extra)``: time ``fn`` with pytest-benchmark.
+    """``run_benchmark(fn, group, rounds=None, warmup=0, **extra)``: time ``fn`` with pytest-benchmark.
 
-    One call of ``fn`` per round (``pedantic``), synchronised on CUDA so that a round covers the work
-    and not just its launch; ``extra`` and the machine go into the JSON's ``extra_info``.
+    ``rounds=None``: pytest-benchmark's calibration (rounds until ``--benchmark-max-time``, default
+    1 s: many samples, robust to preemption on a shared CPU), for fast ops; otherwise exactly
+    ``rounds`` rounds of one call after ``warmup`` (``pedantic``), for training steps. Each call is
+    synchronised on CUDA so that it covers the work and not just its launch; ``extra`` and the
+    machine go into the JSON's ``extra_info``.
     """
-    def run(fn, group: str, rounds: int, warmup: int, **extra):
+    def run(fn, group: str, rounds=None, warmup: int = 0, **extra):
         def unit():
             fn()
             synchronize(device)
         benchmark.group = group
         benchmark.extra_info.update(machine=machine, **extra)
+        if rounds is None:
+            for _ in range(warmup):
+                unit()
+            return benchmark(unit)
         return benchmark.pedantic(unit, rounds=rounds, warmup_rounds=warmup, iterations=1)
     return run

@@ -45,7 +45,7 @@ def test_train_step(run_benchmark, benchmark, device, config, batch, provider):
         pytest.skip(str(err))
     except torch.cuda.OutOfMemoryError:
         pytest.skip(f"out of memory: {config} at batch {batch} with {provider}")
-    run_benchmark(step, f"train {config} B={batch}", ROUNDS, WARMUP, provider=provider, batch=batch,
+    run_benchmark(step, f"train {config} B={batch}", rounds=ROUNDS, warmup=WARMUP, provider=provider, batch=batch,
                   epoch=step.epoch)
     if benchmark.stats is not None:  # None under --benchmark-disable
         benchmark.extra_info["images_per_s"] = batch / benchmark.stats.stats.median

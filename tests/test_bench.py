@@ -7,6 +7,7 @@ run instead of dropping them, and that its memory probe and max-batch estimate c
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -136,6 +137,12 @@ def test_time_call_reports_quantiles():
     assert timing.p20 <= timing.median <= timing.p80
     with pytest.raises(ValueError, match="repeats"):
         time_call(lambda: None, CPU, repeats=0)
+
+
+def test_time_call_samples_until_min_time():
+    timing = time_call(lambda: time.sleep(0.002), CPU, warmup=0, repeats=2, min_time_s=0.03)
+    assert 10 <= timing.repeats <= 16 and timing.median >= 0.002
+    assert time_call(lambda: None, CPU, warmup=0, repeats=2, min_time_s=10.0, max_repeats=7).repeats == 7
 
 
 @pytest.mark.skipif(not cpu_peak_probe_available(), reason="needs Linux /proc/self/clear_refs")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import pathlib
 import shlex
 import sys
@@ -41,7 +42,7 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
         "train_configs": list(ALL_CONFIGS), "train_batches": [128, 32, 512],
         "compile_op_configs": ["clevr6"], "compile_train": [("clevr6", 128), ("tetro", 128)],
         "max_batch_configs": ["clevr6", "tetro", "dsprites"],
-        "repeats": 5, "warmup": 2,
+        "repeats": 5, "warmup": 2, "min_time_s": {"ops": 0.2, "train": 1.0},
     },
     "cpu": {
         "op_configs": ["tetro", "gtsrb8"], "op_batch": 8,
@@ -51,7 +52,8 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
                           "instagram": [2], "clevr6": [2]},
         "compile_op_configs": ["tetro"], "compile_train": [("tetro", 8)],
         "max_batch_configs": ["tetro", "clevr6"], "cpu_batches": [1, 4],
-        "repeats": 3, "warmup": 1,
+        # More samples on the shared 2-core box: medians of many calls shrug off preemption.
+        "repeats": 3, "warmup": 1, "min_time_s": {"ops": 0.5, "train": 3.0},
     },
 }
 # Shares of --time-budget at which each section must have finished (time left over carries on).
@@ -83,7 +85,8 @@ def run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str] 
             only on the subset :data:`DEVICE_DEFAULTS` names; for cases given here, on all of them).
         max_batch_configs: configs for the largest-batch search.
         memory_budget_gib: the budget of that search.
-        repeats: timed repeats per case.
+        repeats: least number of timed repeats per case (more while a case's total time is under the
+            device's ``min_time_s``).
         time_budget_s: wall-clock allowance, shared among sections (:data:`SECTION_DEADLINES`); cases
             past a section's deadline are reported as skipped.
         check_finite: keep the ops' finite-value input check on (off by default: it is a validation
@@ -130,22 +133,25 @@ def run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str] 
         budget.until(SECTION_DEADLINES["ops"])
         rows += run_ops(op_configs or defaults["op_configs"], op_batch or defaults["op_batch"], op_prov, device,
                         machine, budget, repeats, defaults["warmup"], log, ops_filter,
+                        min_time_s=defaults["min_time_s"]["ops"],
                         compile_configs=None if explicit else defaults["compile_op_configs"])
     if "train" in sections:
         budget.until(SECTION_DEADLINES["train"])
         configs = train_configs or defaults["train_configs"]
         batches = _batches_per_config(configs, train_batches or defaults["train_batches"])
         rows += run_train(configs, batches, tr_prov, device, machine, budget, repeats, log,
-                          compile_cases=None if explicit else defaults["compile_train"])
+                          compile_cases=None if explicit else defaults["compile_train"],
+                          min_time_s=defaults["min_time_s"]["train"])
     if "max-batch" in sections:
         budget.until(SECTION_DEADLINES["max-batch"])
         eager = ["torch"] + [p for p in tr_prov if p not in ("torch", COMPILE)]
         rows += run_max_batch(max_batch_configs or defaults["max_batch_configs"], eager, device, machine, budget,
                               int(memory_budget_gib * 2**30), log, cpu_batches=defaults.get("cpu_batches", (1, 4)))
-    meta = {"machine": machine, "command": command, "repeats": repeats,
+    meta = {"machine": machine, "command": command, "repeats": repeats, "min_time_s": defaults["min_time_s"],
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "seconds": time.perf_counter() - start, "op_providers": op_prov, "train_providers": tr_prov,
-            "default_backends": default_mix(device), "sections": list(sections)}
+            "default_backends": default_mix(device), "sections": list(sections),
+            "load_average_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
     prefix = device.type
     files = [str(out / f"{prefix}.json"), str(out / f"{prefix}.md")]
     write_json(out / f"{prefix}.json", rows, meta)

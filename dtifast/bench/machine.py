@@ -114,15 +114,22 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 1, repeats: int = 5) -> Timing:
-    """Time ``fn()`` (which must do the whole unit of work, e.g. forward and backward)."""
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 1, repeats: int = 5,
+              min_time_s: float = 0.0, max_repeats: int = 1000) -> Timing:
+    """Time ``fn()`` (which must do the whole unit of work, e.g. forward and backward).
+
+    At least ``repeats`` timed calls, and more while their total is under ``min_time_s`` (up to
+    ``max_repeats``): on a shared machine a fast op gets preempted in some calls, and the median of
+    many calls is robust to that where the median of three is not.
+    """
+    if repeats < 1 or warmup < 0 or max_repeats < repeats:
+        raise ValueError(f"need repeats >= 1, warmup >= 0 and max_repeats >= repeats, got repeats={repeats}, "
+                         f"warmup={warmup}, max_repeats={max_repeats}")
     for _ in range(warmup):
         fn()
     synchronize(device)
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_time_s and len(times) < max_repeats):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -135,7 +142,7 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 1, repe
             fn()
             times.append(time.perf_counter() - start_s)
     times.sort()
-    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), repeats)
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times))
 
 
 def _proc_status_bytes(key: str) -> Optional[int]:

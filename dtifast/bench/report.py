@@ -138,10 +138,12 @@ def _max_batch_table(rows: Sequence[dict[str, Any]]) -> list[str]:
 def write_markdown(path: pathlib.Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> None:
     machine = meta["machine"]
     lines = [f"# dtifast benchmarks: {machine['device']}", "",
-             f"Machine: {_machine_line(machine)}.  ",
+             f"Machine: {_machine_line(machine)} at the start, "
+             f"{_load({'load_average': meta.get('load_average_end')})} at the end.  ",
              f"Command: `{meta['command']}` ({meta['date']}, {meta['seconds']:.0f} s).  ",
-             f"Settings: {meta['repeats']} timed repeats after warm-up, median shown; finite-value input checks "
-             f"{'on' if machine['check_finite'] else 'off'}; float32.", ""]
+             f"Settings: median of at least {meta['repeats']} timed calls after warm-up, and of more until "
+             f"{meta['min_time_s']['ops']:g} s (ops) / {meta['min_time_s']['train']:g} s (training steps) are spent; "
+             f"finite-value input checks {'on' if machine['check_finite'] else 'off'}; float32.", ""]
     providers = meta["op_providers"]
     lines += _ops_tables(rows, providers) + _train_table(rows) + _max_batch_table(rows)
     path.write_text("\n".join(lines).rstrip() + "\n")

@@ -76,10 +76,11 @@ def _short(row: dict[str, Any]) -> str:
 def run_ops(configs: Sequence[str], batch: int, providers: Sequence[str], device: torch.device,
             machine: dict[str, Any], budget: Budget, repeats: int, warmup: int,
             log: Callable[[str], None], ops_filter: Optional[Sequence[str]] = None,
-            compile_configs: Optional[Sequence[str]] = None) -> list[dict[str, Any]]:
+            compile_configs: Optional[Sequence[str]] = None, min_time_s: float = 0.0) -> list[dict[str, Any]]:
     """Time every op that a config's training step runs, for every provider and mode.
 
-    ``compile_configs``: shape sets that get the ``torch.compile`` provider (None: all).
+    ``compile_configs``: shape sets that get the ``torch.compile`` provider (None: all);
+    ``min_time_s``: keep timing a case until this much time is spent (see :func:`time_call`).
     """
     rows = []
     for config in configs:
@@ -98,7 +99,7 @@ def run_ops(configs: Sequence[str], batch: int, providers: Sequence[str], device
 
                     def work(case=case, mode=mode, provider=provider) -> dict[str, Any]:
                         runner, moved = prepare(case, shapes, provider, device, mode)
-                        timing = time_call(runner, device, warmup=warmup, repeats=repeats)
+                        timing = time_call(runner, device, warmup=warmup, repeats=repeats, min_time_s=min_time_s)
                         memory = peak_memory(runner, device)
                         return {**timing.as_dict(), "bytes": moved, "gbps": moved / timing.median / 1e9,
                                 **(memory or {})}
@@ -113,13 +114,14 @@ def _compile_reason(cases: Sequence[Any]) -> str:
 
 def run_train(configs: Sequence[str], batches: dict[str, Sequence[int]], providers: Sequence[str],
               device: torch.device, machine: dict[str, Any], budget: Budget, repeats: int,
-              log: Callable[[str], None], compile_cases: Optional[Sequence[tuple[str, int]]] = None
-              ) -> list[dict[str, Any]]:
+              log: Callable[[str], None], compile_cases: Optional[Sequence[tuple[str, int]]] = None,
+              min_time_s: float = 0.0) -> list[dict[str, Any]]:
     """Images/s and peak memory of a full training step, per config, provider and batch size.
 
     Args:
         batches: batch sizes per config; the i-th batch of every config runs before the (i+1)-th of any.
         compile_cases: ``(config, batch)`` pairs for which ``torch.compile`` runs (None: all).
+        min_time_s: keep timing a case until this much time is spent (see :func:`time_call`).
     """
     order = sorted(((i, j, config, batch) for j, config in enumerate(configs)
                     for i, batch in enumerate(batches[config])))
@@ -135,7 +137,7 @@ def run_train(configs: Sequence[str], batches: dict[str, Sequence[int]], provide
             def work(config=config, batch=batch, provider=provider) -> dict[str, Any]:
                 step = TrainStep(config, provider, batch, device)
                 step.check()
-                timing = time_call(step, device, warmup=1, repeats=repeats)
+                timing = time_call(step, device, warmup=1, repeats=repeats, min_time_s=min_time_s)
                 memory = peak_memory(step, device)
                 return {**timing.as_dict(), "images_per_s": batch / timing.median, "epoch": step.epoch,
                         **(memory or {})}
