@@ -105,7 +105,8 @@ def main() -> None:
     info = machine_info(CPU)
     lines = ["# C++ CPU kernels vs eager PyTorch", "",
              f"Machine: {info.get('cpu', '?')}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-             f"commit {info.get('commit', '?')}, load average {info.get('load_average')}. Float32, median of {args.repeats} runs after one warm-up; "
+             f"commit {info.get('commit', '?')}, load average at start {info.get('load_average')} (the machine is "
+             f"shared: a high load inflates every figure). Float32, median of {args.repeats} runs after one warm-up; "
              "`fwd+bwd` is forward and backward of every differentiable input.", "",
              f"## Ops at batch {args.batch}", "",
              "| config | op | mode | eager ms | C++ ms | speedup |", "|---|---|---|---:|---:|---:|"]

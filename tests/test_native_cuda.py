@@ -64,7 +64,7 @@ def test_render_loss(cuda, dtype, atol):
     L, B, C, H, W, h, w = 3, 4, 3, 33, 35, 12, 10
     inputs = [torch.rand(B, C, H, W, device=cuda, dtype=dtype),
               torch.rand(L, B, C + 2, h, w, device=cuda, dtype=dtype),
-              0.4 * torch.randn(L, B, 3, device=cuda, dtype=dtype) - torch.tensor([0.5, 0, 0], device=cuda, dtype=dtype),
+              0.4 * torch.randn(L, B, 3, device=cuda, dtype=dtype) - 0.5 * torch.eye(3, device=cuda, dtype=dtype)[0],
               torch.rand(L, L, B, device=cuda, dtype=dtype), torch.rand(B, C, H, W, device=cuda, dtype=dtype),
               0.4 * (2 * torch.rand(L, B, 1, H, W, device=cuda, dtype=dtype) - 1)]
     _compare(lambda *t: ops.render_loss(*t, backend="cuda"), reference.render_loss, inputs, atol,
