@@ -710,7 +710,8 @@ class Trainer:
                         bar.set_postfix(epoch=self.epoch + 1, loss=f"{loss:.4g}", refresh=False)
                     if self.update_range == "batch":
                         self.scheduler.step()
-                    if self.iteration % tcfg["train_stat_interval"] == 0:
+                    if (self.iteration % tcfg["train_stat_interval"] == 0
+                            or self.iteration == self.total_iterations):
                         self._log_train()
                     if self.iteration % tcfg["check_cluster_interval"] == 0:
                         self._check_clusters()
@@ -725,9 +726,7 @@ class Trainer:
         finally:
             bar.close()
         finished = self.iteration >= self.total_iterations
-        if finished:
-            self._log_train()  # a stop_at pause keeps its partial window for the resumed run to log
-        elif self.meter.steps:
+        if self.meter.steps:  # a stop_at pause keeps its partial window for the resumed run to log
             self.last_train_loss = self.meter.loss / self.meter.steps
         path = self.save_checkpoint()
         seconds = time.perf_counter() - start_time

@@ -109,3 +109,15 @@ def test_reusing_a_run_folder_needs_resume(tmp_path, data_root, capsys):
     assert train(run, data_root, "--set", "training.n_iterations=1") == EXIT_INPUT_ERROR
     assert "already holds a checkpoint" in capsys.readouterr().err
     shutil.rmtree(run)
+
+
+def test_demo_small(tmp_path, capsys):
+    from dtifast.demo import main as demo_main
+    # The demo's code path at toy size: 320 generated images (the evaluation set), 2 iterations.
+    assert demo_main(["--out", str(tmp_path / "demo"), "--n-images", "320", "--set", "training.n_iterations=2",
+                      "--set", "training.tensorboard=false"]) == 0
+    res = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    assert res["iterations"] == 2 and set(res["seconds"]) == {"data", "train", "eval", "pictures"}
+    assert 0 <= res["ari_fg"] <= 1 and "ARI-FG" in capsys.readouterr().out
+    for path in res["pictures"].values():
+        assert Image.open(path).width > 50
