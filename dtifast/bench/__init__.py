@@ -67,11 +67,28 @@ def _batches_per_config(configs: Sequence[str], spec: Any) -> dict[str, list[int
 
 
 def run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str] = SECTIONS, *,
+               check_finite: bool = False, **options: Any) -> dict[str, Any]:
+    """Run the report's sections on ``device`` and write its files into ``out`` (see :func:`_run_report`).
+
+    The ops' finite-value input check is set to ``check_finite`` for the run and restored afterwards.
+    """
+    from .machine import set_check_finite
+    from dtifast.ops import _checks
+
+    previous = _checks.CHECK_FINITE
+    set_check_finite(check_finite)
+    try:
+        return _run_report(device, out, sections, **options)
+    finally:
+        set_check_finite(previous)
+
+
+def _run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str] = SECTIONS, *,
                op_configs: Optional[Sequence[str]] = None, op_batch: Optional[int] = None,
                train_configs: Optional[Sequence[str]] = None, train_batches: Optional[Sequence[int]] = None,
                compile_models: bool = True, compile_ops: bool = True,
                max_batch_configs: Optional[Sequence[str]] = None, memory_budget_gib: float = 16.0,
-               repeats: Optional[int] = None, time_budget_s: Optional[float] = None, check_finite: bool = False,
+               repeats: Optional[int] = None, time_budget_s: Optional[float] = None,
                ops_filter: Optional[Sequence[str]] = None, command: str = "", quiet: bool = False) -> dict[str, Any]:
     """Run the report's sections on ``device`` and write its files into ``out``.
 
@@ -99,7 +116,7 @@ def run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str] 
         dict with ``rows``, ``files`` and ``errors`` (rows whose status is ``error``).
     """
     # Imported here: `dtifast --help` should not load the model and trainer.
-    from .machine import machine_info, set_check_finite
+    from .machine import machine_info
     from .ops import COMPILE, providers as op_providers
     from .report import write_json, write_markdown, write_plots
     from .run import Budget, run_max_batch, run_ops, run_train
@@ -120,7 +137,6 @@ def run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str] 
         raise ValueError(f"memory_budget_gib must be > 0, got {memory_budget_gib}")
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    set_check_finite(check_finite)
     machine = machine_info(device)
     budget = Budget(time_budget_s)
     log = (lambda msg: None) if quiet else (lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
