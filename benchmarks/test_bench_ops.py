@@ -7,16 +7,20 @@ runs here. Cases come from :mod:`dtifast.bench.ops`, the same ones ``dtifast ben
 
 CUDA: tetro, dsprites, clevr6 (multi-object) and gtsrb8 (single-object) shapes at batch 128.
 CPU: tetro and gtsrb8 at batch 8, so that ``make bench`` stays within a few minutes on 2 cores.
+``torch.compile`` runs on the shape sets that ``dtifast bench`` compiles (CUDA: clevr6; CPU: tetro).
 """
 import pytest
 import torch
 
 from conftest import bench_device
 from dtifast.bench.machine import peak_memory
-from dtifast.bench.ops import OP_CASES, Skip, prepare, providers, shapes_for
+from dtifast.bench import DEVICE_DEFAULTS
+from dtifast.bench.ops import COMPILE, OP_CASES, Skip, prepare, providers, shapes_for
 
 DEVICE = bench_device()
 CONFIGS, BATCH = (("tetro", "dsprites", "clevr6", "gtsrb8"), 128) if DEVICE.type == "cuda" else (("tetro", "gtsrb8"), 8)
+# torch.compile costs seconds per case: only on the shape sets the report compiles too.
+COMPILED = DEVICE_DEFAULTS[DEVICE.type]["compile_op_configs"]
 
 
 def _cases():
@@ -33,13 +37,15 @@ def _cases():
 @pytest.mark.parametrize("config,op,mode,provider", list(_cases()))
 def test_op(run_benchmark, benchmark, device, config, op, mode, provider):
     shapes = shapes_for(config, BATCH)
+    if provider == COMPILE and config not in COMPILED:
+        pytest.skip(f"torch.compile runs only on the {', '.join(COMPILED)} shapes (each compilation takes seconds)")
     try:
         runner, moved = prepare(OP_CASES[op], shapes, provider, device, mode)
     except Skip as err:
         pytest.skip(str(err))
     except torch.cuda.OutOfMemoryError:
         pytest.skip(f"out of memory at {shapes.describe()}")
-    # Calibrated rounds (pytest-benchmark's default): as many calls as fit its max time.
+    # Rounds sized from one call (see conftest.run_benchmark).
     run_benchmark(runner, f"{config} {op} {mode}", warmup=1, provider=provider, shapes=shapes.describe(),
                   bytes=moved)
     if benchmark.stats is not None:  # None under --benchmark-disable

@@ -184,3 +184,13 @@ def test_time_budget_reports_the_cases_it_cut(tmp_path):
         train_batches=[1], compile_models=False, compile_ops=False, repeats=1, time_budget_s=1e-9, quiet=True)
     assert result["rows"] and all(r["status"] == "skipped" and "time budget" in r["reason"] for r in result["rows"])
     assert (tmp_path / "cpu.md").exists() and (tmp_path / "cpu.json").exists()
+
+
+def test_run_report_restores_threads_and_checks(tmp_path):
+    from dtifast.ops import _checks
+    threads, check = torch.get_num_threads(), _checks.CHECK_FINITE
+    run_report(CPU, tmp_path, ["ops"], op_configs=["tetro"], op_batch=1, ops_filter=["softclip"],
+               compile_ops=False, repeats=1, threads=1, check_finite=not check, quiet=True)
+    assert (torch.get_num_threads(), _checks.CHECK_FINITE) == (threads, check)
+    rows = json.loads((tmp_path / "cpu.json").read_text())["rows"]
+    assert rows[0]["machine"]["torch_threads"] == 1 and rows[0]["machine"]["check_finite"] == (not check)

@@ -42,7 +42,7 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
         "train_configs": list(ALL_CONFIGS), "train_batches": [128, 32, 512],
         "compile_op_configs": ["clevr6"], "compile_train": [("clevr6", 128), ("tetro", 128)],
         "max_batch_configs": ["clevr6", "tetro", "dsprites"],
-        "repeats": 5, "warmup": 2, "min_time_s": {"ops": 0.2, "train": 1.0},
+        "repeats": 5, "warmup": 2, "min_time_s": {"ops": 0.2, "train": 1.0}, "threads": None,
     },
     "cpu": {
         "op_configs": ["tetro", "gtsrb8"], "op_batch": 8,
@@ -54,6 +54,10 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
         "max_batch_configs": ["tetro", "clevr6"], "cpu_batches": [1, 4],
         # More samples on the shared 2-core box: medians of many calls shrug off preemption.
         "repeats": 3, "warmup": 1, "min_time_s": {"ops": 0.5, "train": 3.0},
+        # One thread: on a CPU shared with other jobs, OpenMP barriers across threads that the OS
+        # deschedules make steps 5-300x slower and the figures meaningless (measured on the 2-core
+        # CI box under load: a GTSRB-8 step at batch 8 takes 0.08-0.15 s on 1 thread, 0.7-13 s on 2).
+        "threads": 1,
     },
 }
 # Shares of --time-budget at which each section must have finished (time left over carries on).
@@ -67,29 +71,13 @@ def _batches_per_config(configs: Sequence[str], spec: Any) -> dict[str, list[int
 
 
 def run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str] = SECTIONS, *,
-               check_finite: bool = False, **options: Any) -> dict[str, Any]:
-    """Run the report's sections on ``device`` and write its files into ``out`` (see :func:`_run_report`).
-
-    The ops' finite-value input check is set to ``check_finite`` for the run and restored afterwards.
-    """
-    from .machine import set_check_finite
-    from dtifast.ops import _checks
-
-    previous = _checks.CHECK_FINITE
-    set_check_finite(check_finite)
-    try:
-        return _run_report(device, out, sections, **options)
-    finally:
-        set_check_finite(previous)
-
-
-def _run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str] = SECTIONS, *,
                op_configs: Optional[Sequence[str]] = None, op_batch: Optional[int] = None,
                train_configs: Optional[Sequence[str]] = None, train_batches: Optional[Sequence[int]] = None,
                compile_models: bool = True, compile_ops: bool = True,
                max_batch_configs: Optional[Sequence[str]] = None, memory_budget_gib: float = 16.0,
-               repeats: Optional[int] = None, time_budget_s: Optional[float] = None,
-               ops_filter: Optional[Sequence[str]] = None, command: str = "", quiet: bool = False) -> dict[str, Any]:
+               repeats: Optional[int] = None, time_budget_s: Optional[float] = None, check_finite: bool = False,
+               ops_filter: Optional[Sequence[str]] = None, threads: Optional[int] = None, command: str = "",
+               quiet: bool = False) -> dict[str, Any]:
     """Run the report's sections on ``device`` and write its files into ``out``.
 
     Args:
@@ -109,6 +97,8 @@ def _run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str]
         check_finite: keep the ops' finite-value input check on (off by default: it is a validation
             pass that a training loop makes once, not part of an op's cost).
         ops_filter: only these ops.
+        threads: ``torch.set_num_threads`` for the run (default: the device's entry in
+            :data:`DEVICE_DEFAULTS`; None there leaves torch's default).
         command: the command line, recorded in the report.
         quiet: no progress lines on stderr.
 
@@ -116,11 +106,7 @@ def _run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str]
         dict with ``rows``, ``files`` and ``errors`` (rows whose status is ``error``).
     """
     # Imported here: `dtifast --help` should not load the model and trainer.
-    from .machine import machine_info
-    from .ops import COMPILE, providers as op_providers
-    from .report import write_json, write_markdown, write_plots
-    from .run import Budget, run_max_batch, run_ops, run_train
-    from .train_step import default_mix, train_providers
+    from .machine import bench_settings
 
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
@@ -135,8 +121,32 @@ def _run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str]
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if memory_budget_gib <= 0:
         raise ValueError(f"memory_budget_gib must be > 0, got {memory_budget_gib}")
+    threads = threads if threads is not None else defaults["threads"]
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    with bench_settings(threads, check_finite):
+        return _run_sections(device, out, sections, defaults, op_configs=op_configs, op_batch=op_batch,
+                             train_configs=train_configs, train_batches=train_batches,
+                             compile_models=compile_models, compile_ops=compile_ops,
+                             max_batch_configs=max_batch_configs, memory_budget_gib=memory_budget_gib,
+                             repeats=repeats, time_budget_s=time_budget_s, ops_filter=ops_filter,
+                             command=command, quiet=quiet)
+
+
+def _run_sections(device: torch.device, out: pathlib.Path, sections: Sequence[str], defaults: dict[str, Any], *,
+                  op_configs: Optional[Sequence[str]], op_batch: Optional[int],
+                  train_configs: Optional[Sequence[str]], train_batches: Optional[Sequence[int]],
+                  compile_models: bool, compile_ops: bool, max_batch_configs: Optional[Sequence[str]],
+                  memory_budget_gib: float, repeats: int, time_budget_s: Optional[float],
+                  ops_filter: Optional[Sequence[str]], command: str, quiet: bool) -> dict[str, Any]:
+    from .machine import machine_info
+    from .ops import COMPILE, providers as op_providers
+    from .report import write_json, write_markdown, write_plots
+    from .run import Budget, run_max_batch, run_ops, run_train
+    from .train_step import default_mix, train_providers
+
     machine = machine_info(device)
     budget = Budget(time_budget_s)
     log = (lambda msg: None) if quiet else (lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
@@ -198,6 +208,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="stop starting new cases after S seconds (they are reported as skipped)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile baseline")
     p.add_argument("--check-finite", action="store_true", help="keep the ops' finite-value input checks on")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 with --device cpu, see docs/benchmarks.md; torch's on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_bench_main)
     return p
@@ -214,7 +226,7 @@ def _bench_main(args: argparse.Namespace) -> int:
                         compile_models=not args.no_compile, compile_ops=not args.no_compile,
                         max_batch_configs=args.max_batch_configs, memory_budget_gib=args.memory_budget_gib,
                         repeats=args.repeats, time_budget_s=args.time_budget, check_finite=args.check_finite,
-                        ops_filter=args.ops, command=command, quiet=args.quiet)
+                        ops_filter=args.ops, threads=args.threads, command=command, quiet=args.quiet)
     for f in result["files"]:
         print(f)
     if result["errors"]:

@@ -15,6 +15,7 @@ Peak memory:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -23,7 +24,7 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -87,6 +88,20 @@ def set_check_finite(enabled: bool) -> None:
     """Turn the ops' finite-value input check on or off (it reads every input once: a sync on CUDA)."""
     from dtifast.ops import _checks
     _checks.CHECK_FINITE = bool(enabled)
+
+
+@contextlib.contextmanager
+def bench_settings(threads: Optional[int], check_finite: bool) -> Iterator[None]:
+    """Torch's CPU threads (None: unchanged) and the finite-value check for a run, restored after it."""
+    old_threads, old_check = torch.get_num_threads(), _check_finite_enabled()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        set_check_finite(check_finite)
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        set_check_finite(old_check)
 
 
 def synchronize(device: torch.device) -> None:
