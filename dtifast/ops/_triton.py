@@ -12,6 +12,7 @@ from typing import Optional
 
 import torch
 
+from . import reference
 from ._checks import check_shape, check_tensor
 from .composite import composite_layers
 from .greedy import greedy_select, greedy_select_sprites
@@ -35,19 +36,7 @@ def place_sprites(sprites: torch.Tensor, params: torch.Tensor, out_size: tuple[i
     Returns:
         colours ``(N, C, H, W)`` and masks ``(N, 1, H, W)``.
     """
-    n_extra = 1 if noise is None else 2
-    check_tensor(sprites, "sprites", ndim=4)
-    if sprites.shape[1] <= n_extra:
-        raise ValueError(f"sprites must have C colour channels + {n_extra} (mask{', canvas' if noise is not None else ''}), "
-                         f"got {sprites.shape[1]} channels")
-    warped = warp_position(sprites, params, out_size, "zeros")
-    n_color = sprites.shape[1] - n_extra
-    colors, mask = warped[:, :n_color], warped[:, n_color:n_color + 1]
-    if noise is not None:
-        check_tensor(noise, "noise", ndim=4)
-        check_shape(noise, "noise", (sprites.shape[0], 1, *warped.shape[2:]))
-        mask = softclip(mask + warped[:, n_color + 1:] * noise)
-    return colors, mask
+    return reference.place_sprites_with(sprites, params, out_size, noise, warp_position, softclip)
 
 
 def composite_candidates(layers: torch.Tensor, masks: torch.Tensor,

@@ -542,18 +542,24 @@ def place_sprites(sprites: torch.Tensor, params: torch.Tensor, out_size: tuple[i
     Returns:
         colours ``(N, C, H, W)`` and masks ``(N, 1, H, W)``.
     """
+    return place_sprites_with(sprites, params, out_size, noise, warp_position, softclip)
+
+
+def place_sprites_with(sprites: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
+                       noise: Optional[torch.Tensor], warp, clip) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`place_sprites` built on a given position warp and softclip (shared by the backends)."""
     n_extra = 1 if noise is None else 2
     check_tensor(sprites, "sprites", ndim=4)
     if sprites.shape[1] <= n_extra:
         raise ValueError(f"sprites must have C colour channels + {n_extra} (mask{', canvas' if noise is not None else ''}), "
                          f"got {sprites.shape[1]} channels")
-    warped = warp_position(sprites, params, out_size, "zeros")
+    warped = warp(sprites, params, out_size, "zeros")
     n_color = sprites.shape[1] - n_extra
     colors, mask = warped[:, :n_color], warped[:, n_color:n_color + 1]
     if noise is not None:
         check_tensor(noise, "noise", ndim=4)
         check_shape(noise, "noise", (sprites.shape[0], 1, *warped.shape[2:]))
-        mask = softclip(mask + warped[:, n_color + 1:] * noise)
+        mask = clip(mask + warped[:, n_color + 1:] * noise)
     return colors, mask
 
 
