@@ -12,6 +12,11 @@ import pathlib  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Under pytest-xdist each worker already owns a core; torch's own threads on top oversubscribe the
+# 2-core CI box (measured 10-30x slowdowns). Tests that compare thread counts set them explicitly.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 
 
