@@ -38,3 +38,14 @@ def shared_dir() -> pathlib.Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared folder not found at {SHARED}; the upstream fixtures live there")
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def finite_check_left_as_found():
+    """Fail the test that leaves the ops' NaN/inf input check switched (a leak turns off other tests' checks)."""
+    from dtifast.ops import _checks
+    before = _checks.CHECK_FINITE
+    yield
+    after = _checks.CHECK_FINITE
+    _checks.CHECK_FINITE = before
+    assert after == before, f"this test left dtifast.ops._checks.CHECK_FINITE at {after}, it found {before}"

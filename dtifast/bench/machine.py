@@ -93,15 +93,15 @@ def set_check_finite(enabled: bool) -> None:
 @contextlib.contextmanager
 def bench_settings(threads: Optional[int], check_finite: bool) -> Iterator[None]:
     """Torch's CPU threads (None: unchanged) and the finite-value check for a run, restored after it."""
-    old_threads, old_check = torch.get_num_threads(), _check_finite_enabled()
+    from dtifast.ops._checks import finite_checks
+    old_threads = torch.get_num_threads()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        set_check_finite(check_finite)
-        yield
+        with finite_checks(check_finite):
+            yield
     finally:
         torch.set_num_threads(old_threads)
-        set_check_finite(old_check)
 
 
 def synchronize(device: torch.device) -> None:

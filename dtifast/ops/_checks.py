@@ -6,8 +6,9 @@ anything, so that a kernel never sees bad input.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -16,6 +17,17 @@ PADDING_MODES = ("zeros", "border")
 # The finite-value check reads the data (a device sync on CUDA); DTIFAST_CHECK_FINITE=0 turns it off
 # in hot loops that have already validated their inputs once.
 CHECK_FINITE = os.environ.get("DTIFAST_CHECK_FINITE", "1") != "0"
+
+
+@contextlib.contextmanager
+def finite_checks(enabled: bool) -> Iterator[None]:
+    """Turn the finite-value input check on or off inside a ``with`` block; the old setting comes back after."""
+    global CHECK_FINITE
+    old, CHECK_FINITE = CHECK_FINITE, bool(enabled)
+    try:
+        yield
+    finally:
+        CHECK_FINITE = old
 
 
 def check_tensor(t: object, name: str, ndim: int | None = None, dtypes: Iterable[torch.dtype] = FLOAT_DTYPES,
