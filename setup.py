@@ -27,7 +27,10 @@ def _want_cuda() -> bool:
 
 def _extensions():
     cpu_sources = sorted(glob.glob("csrc/*.cpp"))
-    cxx_flags = ["-O3", "-std=c++17"]
+    # at::parallel_for is an inline OpenMP loop in ATen's headers: without -fopenmp here it compiles to a
+    # serial loop. The extension then resolves libgomp.so.1 to the copy torch has already loaded.
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     if _want_cuda():
         archs = os.environ.get("DTIFAST_CUDA_ARCHS", "90").split(";")
         nvcc_flags = ["-O3", "--use_fast_math", "-std=c++17"]
@@ -40,9 +43,11 @@ def _extensions():
                 cpu_sources + cuda_sources,
                 define_macros=[("DTIFAST_WITH_CUDA", None)],
                 extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+                extra_link_args=link_flags,
             )
         ]
-    return [CppExtension("dtifast._C", cpu_sources, extra_compile_args={"cxx": cxx_flags})]
+    return [CppExtension("dtifast._C", cpu_sources, extra_compile_args={"cxx": cxx_flags},
+                         extra_link_args=link_flags)]
 
 
 setup(
