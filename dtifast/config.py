@@ -82,6 +82,7 @@ OPTIMIZER_SCHEMA: dict[str, tuple[tuple[type, ...], Any]] = {
     "lr": ((*_NUM,), 1e-3),
     "weight_decay": ((*_NUM,), 0.0),
     "betas": ((_LIST,), [0.9, 0.999]),
+    "fused": ((_BOOL, _NONE), None),
     "transformer": ((_DICT, _NONE), None),
     "cluster": ((_DICT, _NONE), None),
 }

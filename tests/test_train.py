@@ -217,6 +217,10 @@ def test_schedule_pieces():
                                   "transformer": {"weight_decay": 1e-6}, "cluster": None}, lr_factor=2.0)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.0, 1e-6]
     assert [g["lr"] for g in opt.param_groups] == [2e-3, 2e-3]
+    assert opt.defaults["fused"] is True  # auto on the CPU
+    assert not build_optimizer(model, {"name": "adam", "fused": False}).defaults["fused"]
+    with pytest.raises(ConfigError, match="training.optimizer.fused: 'sgd' has no fused"):
+        build_optimizer(model, {"name": "sgd", "fused": True})
     sched, update = build_scheduler(opt, {"name": "multi_step", "gamma": [1, 0.1], "milestones": [0.5],
                                           "update_range": "epoch"}, n_epochs=4, n_iterations=40)
     assert update == "epoch"
