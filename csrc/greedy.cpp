@@ -9,12 +9,16 @@
 //
 // For layer l with the other layers fixed, the composite with candidate (c, m) is, per pixel,
 //   S0 - m * S1 + A * m * c,  S0 = sum_{k != l} T_k,  S1 = sum_{k != l} o_lk T_k,  A = prod_{j != l} (1 - o_jl m_j)
-// (T_k: layer k's visible contribution without layer l; the background counts as a layer with o_l,bg = 1), so
-// scoring a candidate is one sampling pass over the image. Images are independent and each is handled by one
-// thread: the result does not depend on the thread count.
+// (T_k: layer k's visible contribution without layer l; the background counts as a layer with o_l,bg = 1).
+// Each candidate is placed once per image and kept, packed over the pixels its layer's placement reaches,
+// for every sweep; scoring it is then a vectorised pass over those pixels. Images are independent and each
+// is handled by one thread: the result does not depend on the thread count. Memory per thread:
+// L * K * (C + 1) floats per reached pixel, at most L * K * (C + 1) * H * W.
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "checks.h"
 #include "composite.h"
@@ -22,6 +26,15 @@
 
 namespace dtifast {
 namespace {
+
+// The rows of an (H, W) output that a placed sprite reaches: pixels [lo[i], hi[i]) of row i (lo = hi when
+// none). The sampling point is affine in the output pixel, so the pixels with any tap inside the sprite form
+// one interval per row; `start[i]` numbers them in row-major order, so that per-candidate values of these
+// pixels are stored packed (`count` of them).
+struct Footprint {
+  std::vector<int64_t> lo, hi, start;
+  int64_t count = 0;
+};
 
 template <typename scalar_t>
 struct Greedy {
@@ -32,74 +45,145 @@ struct Greedy {
 
   const scalar_t* sprite(int64_t l, int64_t k, int64_t b) const { return sprites + l * sl + k * sk + b * sb; }
 
+  // Places every candidate of layer l in image b once for all sweeps: colours (K, C, count) and masks
+  // (K, count), packed over the footprint's pixels (outside it every candidate has colour 0 and mask 0).
+  void place_layer(int64_t l, int64_t b, Footprint& fp, std::vector<scalar_t>& col, std::vector<scalar_t>& mask) const {
+    const scalar_t* th = theta + (l * B + b) * 6;
+    const int64_t hw = h * w, HW = H * W;
+    std::vector<Bilinear<scalar_t>> taps;
+    taps.reserve(HW);
+    fp.lo.assign(H, 0);
+    fp.hi.assign(H, 0);
+    fp.start.assign(H, 0);
+    fp.count = 0;
+    for (int64_t i = 0; i < H; ++i) {
+      int64_t lo = W, hi = 0;
+      for (int64_t j = 0; j < W; ++j) {
+        if (place_taps<scalar_t>(th, h, w, i, j, H, W).any_valid) {
+          lo = std::min(lo, j);
+          hi = j + 1;
+        }
+      }
+      lo = std::min(lo, hi);
+      fp.lo[i] = lo;
+      fp.hi[i] = hi;
+      fp.start[i] = fp.count;
+      fp.count += hi - lo;
+      for (int64_t j = lo; j < hi; ++j) taps.push_back(place_taps<scalar_t>(th, h, w, i, j, H, W));
+    }
+    const int64_t n = fp.count;
+    col.assign(K * C * n, scalar_t(0));
+    mask.assign(K * n, scalar_t(0));
+    std::vector<scalar_t> c_px(C);
+    for (int64_t k = 0; k < K; ++k) {
+      const scalar_t* spr = sprite(l, k, b);
+      for (int64_t i = 0; i < H; ++i) {
+        for (int64_t j = fp.lo[i]; j < fp.hi[i]; ++j) {
+          const int64_t q = fp.start[i] + j - fp.lo[i];
+          const Placed<scalar_t> pl = place_from_taps<scalar_t>(taps[q], spr, hw, C,
+                                                                noise ? noise + k * HW + i * W + j : nullptr, c_px.data());
+          mask[k * n + q] = pl.mask;
+          for (int64_t c = 0; c < C; ++c) col[(k * C + c) * n + q] = c_px[c];
+        }
+      }
+    }
+  }
+
   void image(int64_t b, int64_t n_iter) const {
-    const int64_t HW = H * W, hw = h * w;
-    // Current choice of every layer, placed in the image (empty: colour 0, mask 0).
-    std::vector<scalar_t> cur_col(L * C * HW, scalar_t(0)), cur_m(L * HW, scalar_t(0));
-    std::vector<scalar_t> s0(C * HW), s1(C * HW), a(HW), col(C);
-    std::vector<Bilinear<scalar_t>> taps(HW);
-    std::vector<int64_t> active;
-    active.reserve(HW);
+    const int64_t HW = H * W;
     const scalar_t* xb = x + b * C * HW;
     const scalar_t* bgb = bg ? bg + b * C * HW : nullptr;
-    const scalar_t* ob = occ + b;
-    scalar_t m[kMaxLayers];
+    const scalar_t* ob = occ + b;  // o_jk at ob[(j * L + k) * B]
+    std::vector<Footprint> fps(L);
+    std::vector<std::vector<scalar_t>> cand_col(L), cand_mask(L);
+    for (int64_t l = 0; l < L; ++l) place_layer(l, b, fps[l], cand_col[l], cand_mask[l]);
+    // Current choice of every layer in the image (empty: colour 0, mask 0); the per-pixel terms of the
+    // decomposition for the layer being chosen (see the file comment).
+    std::vector<scalar_t> cur_col(L * C * HW, scalar_t(0)), cur_m(L * HW, scalar_t(0));
+    std::vector<scalar_t> s0(C * HW), s1(C * HW), a(HW), t(HW);
     for (int64_t it = 0; it < n_iter; ++it) {
       for (int64_t l = 0; l < L; ++l) {
-        for (int64_t p = 0; p < HW; ++p) {
-          for (int64_t j = 0; j < L; ++j) m[j] = cur_m[j * HW + p];
-          const int li = static_cast<int>(l), Li = static_cast<int>(L);
-          for (int64_t c = 0; c < C; ++c) s0[c * HW + p] = s1[c * HW + p] = scalar_t(0);
-          for (int k = 0; k < Li; ++k) {
-            if (k == li) continue;
-            const scalar_t t = visibility<scalar_t>(ob, B, m, Li, k, li) * m[k];
-            const scalar_t o = ob[(l * L + k) * B];
-            for (int64_t c = 0; c < C; ++c) {
-              const scalar_t v = t * cur_col[(k * C + c) * HW + p];
+        // Every loop below runs over contiguous pixels with no branch inside, so the compiler vectorises it.
+        std::fill(s0.begin(), s0.end(), scalar_t(0));
+        std::fill(s1.begin(), s1.end(), scalar_t(0));
+        for (int64_t k = 0; k < L; ++k) {
+          if (k == l) continue;
+          // t = m_k prod_{j != k, l} (1 - o_jk m_j): layer k's weight with layer l left out.
+          std::fill(t.begin(), t.end(), scalar_t(1));
+          for (int64_t j = 0; j < L; ++j) {
+            if (j == k || j == l) continue;
+            const scalar_t o = ob[(j * L + k) * B];
+            const scalar_t* mj = cur_m.data() + j * HW;
+            for (int64_t p = 0; p < HW; ++p) t[p] *= scalar_t(1) - o * mj[p];
+          }
+          const scalar_t* mk = cur_m.data() + k * HW;
+          const scalar_t o_lk = ob[(l * L + k) * B];
+          for (int64_t c = 0; c < C; ++c) {
+            const scalar_t* ck = cur_col.data() + (k * C + c) * HW;
+            scalar_t* s0c = s0.data() + c * HW;
+            scalar_t* s1c = s1.data() + c * HW;
+            for (int64_t p = 0; p < HW; ++p) {
+              const scalar_t v = t[p] * mk[p] * ck[p];
+              s0c[p] += v;
+              s1c[p] += o_lk * v;
+            }
+          }
+        }
+        if (bgb) {  // the background: hidden by every layer, o_l,bg = 1
+          std::fill(t.begin(), t.end(), scalar_t(1));
+          for (int64_t j = 0; j < L; ++j) {
+            if (j == l) continue;
+            const scalar_t* mj = cur_m.data() + j * HW;
+            for (int64_t p = 0; p < HW; ++p) t[p] *= scalar_t(1) - mj[p];
+          }
+          for (int64_t c = 0; c < C; ++c) {
+            for (int64_t p = 0; p < HW; ++p) {
+              const scalar_t v = t[p] * bgb[c * HW + p];
               s0[c * HW + p] += v;
-              s1[c * HW + p] += o * v;
+              s1[c * HW + p] += v;
             }
           }
-          if (bgb) {
-            const scalar_t t = background_visibility<scalar_t>(m, Li, li);
-            for (int64_t c = 0; c < C; ++c) {
-              s0[c * HW + p] += t * bgb[c * HW + p];
-              s1[c * HW + p] += t * bgb[c * HW + p];
-            }
-          }
-          a[p] = visibility<scalar_t>(ob, B, m, Li, li, -1);
         }
-        // Every candidate of layer l in image b shares the placement: its taps are computed once. Pixels
-        // outside the placed sprite see colour 0 and mask 0 for every candidate; their error is summed once.
-        const scalar_t* th = theta + (l * B + b) * 6;
-        active.clear();
+        std::fill(a.begin(), a.end(), scalar_t(1));  // a = prod_{j != l} (1 - o_jl m_j): layer l's visibility
+        for (int64_t j = 0; j < L; ++j) {
+          if (j == l) continue;
+          const scalar_t o = ob[(j * L + l) * B];
+          const scalar_t* mj = cur_m.data() + j * HW;
+          for (int64_t p = 0; p < HW; ++p) a[p] *= scalar_t(1) - o * mj[p];
+        }
+        // Outside the footprint every candidate leaves s0: that error is common to all of them.
+        const Footprint& fp = fps[l];
         double sse_outside = 0;
-        for (int64_t i = 0; i < H; ++i) {
-          for (int64_t j = 0; j < W; ++j) {
-            const int64_t p = i * W + j;
-            taps[p] = place_taps<scalar_t>(th, h, w, i, j, H, W);
-            if (taps[p].any_valid) {
-              active.push_back(p);
-              continue;
-            }
-            for (int64_t c = 0; c < C; ++c) {
-              const double diff = static_cast<double>(s0[c * HW + p] - xb[c * HW + p]);
-              sse_outside += diff * diff;
-            }
+        for (int64_t c = 0; c < C; ++c) {
+          for (int64_t i = 0; i < H; ++i) {
+            const scalar_t* s0r = s0.data() + c * HW + i * W;
+            const scalar_t* xr = xb + c * HW + i * W;
+            scalar_t acc = 0;
+            for (int64_t j = 0; j < fp.lo[i]; ++j) acc += (s0r[j] - xr[j]) * (s0r[j] - xr[j]);
+            for (int64_t j = fp.hi[i]; j < W; ++j) acc += (s0r[j] - xr[j]) * (s0r[j] - xr[j]);
+            sse_outside += static_cast<double>(acc);
           }
         }
+        const int64_t n = fp.count;
         int64_t best = 0;
         scalar_t best_dist = std::numeric_limits<scalar_t>::infinity();
         for (int64_t k = 0; k < K; ++k) {
           double sse = sse_outside;
-          const scalar_t* spr = sprite(l, k, b);
-          for (const int64_t p : active) {
-            const Placed<scalar_t> pl =
-                place_from_taps<scalar_t>(taps[p], spr, hw, C, noise ? noise + k * HW + p : nullptr, col.data());
-            for (int64_t c = 0; c < C; ++c) {
-              const scalar_t out = s0[c * HW + p] - pl.mask * s1[c * HW + p] + a[p] * pl.mask * col[c];
-              const double diff = static_cast<double>(out - xb[c * HW + p]);
-              sse += diff * diff;
+          const scalar_t* mk = cand_mask[l].data() + k * n;
+          for (int64_t c = 0; c < C; ++c) {
+            const scalar_t* ck = cand_col[l].data() + (k * C + c) * n;
+            for (int64_t i = 0; i < H; ++i) {
+              const int64_t lo = fp.lo[i], len = fp.hi[i] - lo, q0 = fp.start[i], p0 = c * HW + i * W + lo;
+              const scalar_t *s0r = s0.data() + p0, *s1r = s1.data() + p0, *ar = a.data() + i * W + lo;
+              const scalar_t* xr = xb + p0;
+              scalar_t acc = 0;
+#pragma omp simd reduction(+ : acc)
+              for (int64_t j = 0; j < len; ++j) {
+                const scalar_t m = mk[q0 + j];
+                const scalar_t d = s0r[j] - m * s1r[j] + ar[j] * m * ck[q0 + j] - xr[j];
+                acc += d * d;
+              }
+              sse += static_cast<double>(acc);
             }
           }
           scalar_t dist = static_cast<scalar_t>(sse / static_cast<double>(C * HW));
@@ -110,12 +194,15 @@ struct Greedy {
           }
         }
         for (int64_t k = 0; k < K; ++k) selection[(l * K + k) * B + b] = k == best ? scalar_t(1) : scalar_t(0);
-        const scalar_t* spr = sprite(l, best, b);
-        for (int64_t p = 0; p < HW; ++p) {
-          const Placed<scalar_t> pl = place_from_taps<scalar_t>(taps[p], spr, hw, C,
-                                                                noise ? noise + best * HW + p : nullptr, col.data());
-          cur_m[l * HW + p] = pl.mask;
-          for (int64_t c = 0; c < C; ++c) cur_col[(l * C + c) * HW + p] = col[c];
+        scalar_t* ml = cur_m.data() + l * HW;
+        std::fill(ml, ml + HW, scalar_t(0));
+        std::fill(cur_col.begin() + l * C * HW, cur_col.begin() + (l + 1) * C * HW, scalar_t(0));
+        for (int64_t i = 0; i < H; ++i) {
+          for (int64_t j = fp.lo[i]; j < fp.hi[i]; ++j) {
+            const int64_t q = fp.start[i] + j - fp.lo[i];
+            ml[i * W + j] = cand_mask[l][best * n + q];
+            for (int64_t c = 0; c < C; ++c) cur_col[(l * C + c) * HW + i * W + j] = cand_col[l][(best * C + c) * n + q];
+          }
         }
       }
     }

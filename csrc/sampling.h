@@ -187,7 +187,7 @@ DTIFAST_HD Bilinear<T> bilinear_taps(T gx, T gy, int64_t h, int64_t w, bool bord
   // tap of such a sample is invalid anyway. Inside the limit, floor is a truncation plus a correction,
   // which is exact and avoids a libm call per pixel.
   const T lim = static_cast<T>(h > w ? h : w) + T(2);
-  const bool inside = b.ix > -lim && b.ix < lim && b.iy > -lim && b.iy < lim;
+  const bool inside = (b.ix > -lim) && (b.ix < lim) && (b.iy > -lim) && (b.iy < lim);
   int64_t xi = inside ? static_cast<int64_t>(b.ix) : -2;
   int64_t yi = inside ? static_cast<int64_t>(b.iy) : -2;
   xi -= (inside && static_cast<T>(xi) > b.ix) ? 1 : 0;
