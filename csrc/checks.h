@@ -107,4 +107,30 @@ inline void check_greedy(const at::Tensor& x_in, const at::Tensor& sprites_in, c
   }
 }
 
+inline void check_greedy_layers(const at::Tensor& x, const at::Tensor& layers, const at::Tensor& masks,
+                                const at::Tensor& occ, const std::optional<at::Tensor>& bg, int64_t n_iter,
+                                const std::optional<at::Tensor>& penalty, at::DeviceType device) {
+  check_device(x, "x", device);
+  TORCH_CHECK(x.dim() == 4, "x must be (B, C, H, W), got ", x.sizes());
+  TORCH_CHECK(layers.dim() == 6, "layers must be (L, K, B, C, H, W), got ", layers.sizes());
+  const int64_t L = layers.size(0), K = layers.size(1), B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(L >= 1 && L <= kMaxLayers, "the native kernels take 1 to ", kMaxLayers, " layers, got ", L);
+  TORCH_CHECK(K >= 1, "there must be at least one candidate");
+  TORCH_CHECK(n_iter >= 1, "n_iter must be positive, got ", n_iter);
+  check_like(layers, "layers", x);
+  check_sizes(layers, "layers", {L, K, B, C, H, W});
+  check_like(masks, "masks", x);
+  check_sizes(masks, "masks", {L, K, B, 1, H, W});
+  check_like(occ, "occlusion", x);
+  check_sizes(occ, "occlusion", {L, L, B});
+  if (bg.has_value()) {
+    check_like(*bg, "background", x);
+    check_sizes(*bg, "background", {B, C, H, W});
+  }
+  if (penalty.has_value()) {
+    check_like(*penalty, "empty_penalty", x);
+    check_sizes(*penalty, "empty_penalty", {K});
+  }
+}
+
 }  // namespace dtifast

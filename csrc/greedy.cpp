@@ -2,6 +2,7 @@
 // greedy_select_sprites), without any (K, B, C, H, W) tensor.
 //
 //   dtifast::greedy_select(x, sprites, theta, occlusion, background, n_iter, penalty, noise) -> (L, K, B)
+//   dtifast::greedy_select_layers(x, layers, masks, occlusion, background, n_iter, penalty) -> (L, K, B)
 //
 // x (B, C, H, W); sprites (L, K, B, C + E, h, w), any strides on the first three dims (an expanded view of
 // shared prototypes is read in place); theta (L, B, 6) position matrices; occlusion (L, L, B); background
@@ -36,6 +37,18 @@ struct Footprint {
   int64_t count = 0;
 };
 
+// The candidates of one layer in one image: candidate k's colour plane c at col + k * col_k + c * plane and
+// its mask at mask + k * mask_k, each plane holding the footprint's pixels in order.
+template <typename scalar_t>
+struct LayerCandidates {
+  Footprint fp;
+  std::vector<scalar_t> col_store, mask_store;  // owned planes when the candidates were placed here
+  const scalar_t *col = nullptr, *mask = nullptr;
+  int64_t col_k = 0, mask_k = 0, plane = 0;
+};
+
+// Greedy search for one image over candidates already in image space (`place_layer` makes them from
+// sprites; the image-space op points at its inputs).
 template <typename scalar_t>
 struct Greedy {
   int64_t L, K, B, C, H, W, h, w;
@@ -47,7 +60,9 @@ struct Greedy {
 
   // Places every candidate of layer l in image b once for all sweeps: colours (K, C, count) and masks
   // (K, count), packed over the footprint's pixels (outside it every candidate has colour 0 and mask 0).
-  void place_layer(int64_t l, int64_t b, Footprint& fp, std::vector<scalar_t>& col, std::vector<scalar_t>& mask) const {
+  void place_layer(int64_t l, int64_t b, LayerCandidates<scalar_t>& lc) const {
+    Footprint& fp = lc.fp;
+    std::vector<scalar_t>&col = lc.col_store, &mask = lc.mask_store;
     const scalar_t* th = theta + (l * B + b) * 6;
     const int64_t hw = h * w, HW = H * W;
     std::vector<Bilinear<scalar_t>> taps;
@@ -87,16 +102,24 @@ struct Greedy {
         }
       }
     }
+    lc.col = col.data();
+    lc.mask = mask.data();
+    lc.col_k = C * n;
+    lc.mask_k = n;
+    lc.plane = n;
   }
 
-  void image(int64_t b, int64_t n_iter) const {
+  void search_placed(int64_t b, int64_t n_iter) const {
+    std::vector<LayerCandidates<scalar_t>> layers(L);
+    for (int64_t l = 0; l < L; ++l) place_layer(l, b, layers[l]);
+    search(b, n_iter, layers);
+  }
+
+  void search(int64_t b, int64_t n_iter, const std::vector<LayerCandidates<scalar_t>>& layers) const {
     const int64_t HW = H * W;
     const scalar_t* xb = x + b * C * HW;
     const scalar_t* bgb = bg ? bg + b * C * HW : nullptr;
     const scalar_t* ob = occ + b;  // o_jk at ob[(j * L + k) * B]
-    std::vector<Footprint> fps(L);
-    std::vector<std::vector<scalar_t>> cand_col(L), cand_mask(L);
-    for (int64_t l = 0; l < L; ++l) place_layer(l, b, fps[l], cand_col[l], cand_mask[l]);
     // Current choice of every layer in the image (empty: colour 0, mask 0); the per-pixel terms of the
     // decomposition for the layer being chosen (see the file comment).
     std::vector<scalar_t> cur_col(L * C * HW, scalar_t(0)), cur_m(L * HW, scalar_t(0));
@@ -152,7 +175,8 @@ struct Greedy {
           for (int64_t p = 0; p < HW; ++p) a[p] *= scalar_t(1) - o * mj[p];
         }
         // Outside the footprint every candidate leaves s0: that error is common to all of them.
-        const Footprint& fp = fps[l];
+        const LayerCandidates<scalar_t>& lc = layers[l];
+        const Footprint& fp = lc.fp;
         double sse_outside = 0;
         for (int64_t c = 0; c < C; ++c) {
           for (int64_t i = 0; i < H; ++i) {
@@ -164,14 +188,13 @@ struct Greedy {
             sse_outside += static_cast<double>(acc);
           }
         }
-        const int64_t n = fp.count;
         int64_t best = 0;
         scalar_t best_dist = std::numeric_limits<scalar_t>::infinity();
         for (int64_t k = 0; k < K; ++k) {
           double sse = sse_outside;
-          const scalar_t* mk = cand_mask[l].data() + k * n;
+          const scalar_t* mk = lc.mask + k * lc.mask_k;
           for (int64_t c = 0; c < C; ++c) {
-            const scalar_t* ck = cand_col[l].data() + (k * C + c) * n;
+            const scalar_t* ck = lc.col + k * lc.col_k + c * lc.plane;
             for (int64_t i = 0; i < H; ++i) {
               const int64_t lo = fp.lo[i], len = fp.hi[i] - lo, q0 = fp.start[i], p0 = c * HW + i * W + lo;
               const scalar_t *s0r = s0.data() + p0, *s1r = s1.data() + p0, *ar = a.data() + i * W + lo;
@@ -200,8 +223,10 @@ struct Greedy {
         for (int64_t i = 0; i < H; ++i) {
           for (int64_t j = fp.lo[i]; j < fp.hi[i]; ++j) {
             const int64_t q = fp.start[i] + j - fp.lo[i];
-            ml[i * W + j] = cand_mask[l][best * n + q];
-            for (int64_t c = 0; c < C; ++c) cur_col[(l * C + c) * HW + i * W + j] = cand_col[l][(best * C + c) * n + q];
+            ml[i * W + j] = lc.mask[best * lc.mask_k + q];
+            for (int64_t c = 0; c < C; ++c) {
+              cur_col[(l * C + c) * HW + i * W + j] = lc.col[best * lc.col_k + c * lc.plane + q];
+            }
           }
         }
       }
@@ -232,7 +257,49 @@ at::Tensor greedy_select_cpu(const at::Tensor& x_in, const at::Tensor& sprites_i
                              optional_ptr<scalar_t>(penalty_in, penalty_holder),
                              optional_ptr<scalar_t>(noise_in, noise_holder), selection.mutable_data_ptr<scalar_t>()};
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) g.image(b, n_iter);
+      for (int64_t b = begin; b < end; ++b) g.search_placed(b, n_iter);
+    });
+  });
+  return selection;
+}
+
+// Image-space candidates (dtifast/ops/reference.py greedy_select): layers (L, K, B, C, H, W) and masks
+// (L, K, B, 1, H, W); every pixel is in each layer's footprint.
+at::Tensor greedy_select_layers_cpu(const at::Tensor& x_in, const at::Tensor& layers_in, const at::Tensor& masks_in,
+                                    const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in, int64_t n_iter,
+                                    const std::optional<at::Tensor>& penalty_in) {
+  check_greedy_layers(x_in, layers_in, masks_in, occ_in, bg_in, n_iter, penalty_in, at::kCPU);
+  const int64_t L = layers_in.size(0), K = layers_in.size(1), B = x_in.size(0), C = x_in.size(1);
+  const int64_t H = x_in.size(2), W = x_in.size(3), HW = H * W;
+  const at::Tensor x = x_in.contiguous(), layers = layers_in.contiguous(), masks = masks_in.contiguous();
+  const at::Tensor occ = occ_in.contiguous();
+  at::Tensor bg_holder, penalty_holder;
+  at::Tensor selection = at::zeros({L, K, B}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "greedy_select_layers_cpu", [&] {
+    const Greedy<scalar_t> g{L, K, B, C, H, W, 0, 0, 0, 0, 0, x.const_data_ptr<scalar_t>(), nullptr, nullptr,
+                             occ.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(bg_in, bg_holder),
+                             optional_ptr<scalar_t>(penalty_in, penalty_holder), nullptr,
+                             selection.mutable_data_ptr<scalar_t>()};
+    const scalar_t* col = layers.const_data_ptr<scalar_t>();
+    const scalar_t* mask = masks.const_data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        std::vector<LayerCandidates<scalar_t>> cands(L);
+        for (int64_t l = 0; l < L; ++l) {
+          LayerCandidates<scalar_t>& lc = cands[l];
+          lc.fp.lo.assign(H, 0);
+          lc.fp.hi.assign(H, W);
+          lc.fp.start.resize(H);
+          for (int64_t i = 0; i < H; ++i) lc.fp.start[i] = i * W;
+          lc.fp.count = HW;
+          lc.col = col + (l * K * B + b) * C * HW;
+          lc.col_k = B * C * HW;
+          lc.mask = mask + (l * K * B + b) * HW;
+          lc.mask_k = B * HW;
+          lc.plane = HW;
+        }
+        g.search(b, n_iter, cands);
+      }
     });
   });
   return selection;
@@ -242,10 +309,16 @@ at::Tensor greedy_select_cpu(const at::Tensor& x_in, const at::Tensor& sprites_i
 
 TORCH_LIBRARY_FRAGMENT(dtifast, m) {
   m.def(
+      "greedy_select_layers(Tensor x, Tensor layers, Tensor masks, Tensor occlusion, Tensor? background, "
+      "int n_iter, Tensor? penalty) -> Tensor");
+  m.def(
       "greedy_select(Tensor x, Tensor sprites, Tensor theta, Tensor occlusion, Tensor? background, int n_iter, "
       "Tensor? penalty, Tensor? noise) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(dtifast, CPU, m) { m.impl("greedy_select", &greedy_select_cpu); }
+TORCH_LIBRARY_IMPL(dtifast, CPU, m) {
+  m.impl("greedy_select", &greedy_select_cpu);
+  m.impl("greedy_select_layers", &greedy_select_layers_cpu);
+}
 
 }  // namespace dtifast

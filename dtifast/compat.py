@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
-import yaml
 
 from .config import ConfigError, load_config, validate_config
 from .model import DTISprites

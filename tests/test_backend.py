@@ -58,3 +58,20 @@ def test_native_softclip_gradcheck_and_boundaries():
 def test_native_softclip_rejects_other_dtypes():
     with pytest.raises(TypeError, match="float32, float64"):
         ops.softclip(torch.rand(3).half(), backend="cpu")
+
+
+def test_native_backend_covers_every_op_on_cpu_and_says_what_it_lacks(monkeypatch):
+    from dtifast.ops import _native
+    cpu = torch.device("cpu")
+    public = [name for name in ops.__all__ if callable(getattr(ops, name)) and name in _native._KERNELS]
+    assert sorted(public) == sorted(_native._KERNELS), "an op of dtifast.ops has no entry in _native._KERNELS"
+    for name in public:
+        assert _native.implements(name, cpu), name
+        assert ops.resolve(name, "cpu", cpu)[0] == "cpu"
+    assert not _native.implements("softclip", torch.device("meta"))
+    # A kernel the build lacks for a device: the default leaves the op to the reference, an explicit
+    # choice is an error naming the op and the device.
+    monkeypatch.setattr(_native, "implements", lambda op, device: op != "render_loss")
+    assert ops.resolve("render_loss", None, cpu)[0] == "torch"
+    with pytest.raises(BackendError, match="does not implement 'render_loss' for cpu tensors"):
+        ops.resolve("render_loss", "cpu", cpu)

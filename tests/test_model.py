@@ -161,3 +161,30 @@ def test_bad_mask_noise_is_rejected():
 def test_unsupported_options_fail_clearly(key, value, match):
     with pytest.raises(ValueError, match=match):
         _model("tetro", **{key: value})
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_explicit_cpu_backend_runs_every_config_like_the_reference(name):
+    # backend="cpu" names the C++ kernels for every op the model calls (no silent fallback): each config
+    # must run on them and give the reference's loss and gradients (float64, so no near-tie flips).
+    results = []
+    for backend in ("torch", "cpu"):
+        model, size = _model(name, epoch=1000, backend=backend)
+        model = model.double()
+        with torch.no_grad():
+            for tsf in model._transformers():
+                for head in tsf.heads.values():
+                    head.weights[-1].copy_(1e-3 * torch.randn(head.weights[-1].shape,
+                                                              generator=torch.Generator().manual_seed(1),
+                                                              dtype=torch.float64))
+        g = torch.Generator().manual_seed(2)
+        x = torch.rand(2, 3, *size, generator=g, dtype=torch.float64)
+        noise = torch.rand(model.n_sprites, 1, *size, generator=g, dtype=torch.float64)
+        out = model(x, mask_noise=noise)
+        out.loss.backward()
+        results.append((out.loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (loss_ref, grads_ref), (loss, grads) = results
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-9, atol=0)
+    assert grads.keys() == grads_ref.keys()
+    for n in grads_ref:
+        torch.testing.assert_close(grads[n], grads_ref[n], rtol=1e-6, atol=1e-12, msg=n)

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from dtifast.ops import _native  # noqa: F401  (loads dtifast._C)
+import dtifast.ops._native  # noqa: F401  (loads dtifast._C)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

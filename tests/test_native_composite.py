@@ -107,3 +107,38 @@ def test_bad_inputs_raise_clear_errors():
 def test_opcheck_composite_op():
     inputs = [t.requires_grad_() for t in _inputs(L=2, H=3, W=3, seed=5)]
     torch.library.opcheck(torch.ops.dtifast.composite.default, tuple(inputs))
+
+
+# ---- compositions of the native kernels: candidates and sprite placement ---------------------------------
+
+@pytest.mark.parametrize("n_bkg", [None, 1, 2])
+def test_composite_candidates_match_reference(n_bkg):
+    g = torch.Generator().manual_seed(11)
+    layers = torch.rand(3, 2, 3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    masks = torch.rand(3, 2, 1, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    bkgs = None if n_bkg is None else torch.rand(n_bkg, 2, 3, 5, 4, generator=g, dtype=torch.float64,
+                                                 requires_grad=True)
+    out = native.composite_candidates(layers, masks, bkgs)
+    ref = reference.composite_candidates(layers, masks, bkgs)
+    torch.testing.assert_close(out, ref, atol=1e-13, rtol=0)
+    inputs = (layers, masks) + (() if bkgs is None else (bkgs,))
+    grad = torch.randn_like(ref)
+    got = torch.autograd.grad(out, inputs, grad)
+    want = torch.autograd.grad(ref, inputs, grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match=r"backgrounds must have shape \(\*, 2, 3, 5, 4\)"):
+        native.composite_candidates(layers, masks, torch.rand(1, 2, 3, 5, 5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("with_noise", [False, True])
+def test_place_sprites_match_reference(with_noise):
+    g = torch.Generator().manual_seed(12)
+    sprites = torch.rand(4, 3 + 1 + int(with_noise), 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    params = (0.4 * torch.randn(4, 3, generator=g, dtype=torch.float64)).requires_grad_()
+    noise = 0.4 * (2 * torch.rand(4, 1, 7, 8, generator=g, dtype=torch.float64) - 1) if with_noise else None
+    got = native.place_sprites(sprites, params, (7, 8), noise)
+    want = reference.place_sprites(sprites, params, (7, 8), noise)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-13, rtol=0)
+    assert torch.autograd.gradcheck(lambda s, p: native.place_sprites(s, p, (7, 8), noise), (sprites, params))

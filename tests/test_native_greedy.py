@@ -78,7 +78,7 @@ def test_public_op_defaults_to_native_on_cpu():
 
 def test_bad_inputs_raise_clear_errors():
     x, sprites, params, occ, nz = _candidates(2, 3, 2)
-    with pytest.raises(ValueError, match=r"sprites must have shape \(2, 3, 2, 5, \*, \*\)"):
+    with pytest.raises(ValueError, match=r"sprites must have shape \(L, K, 2, 5, \*, \*\)"):
         native.greedy_select_sprites(x, sprites[:, :, :, :4], params, occ, None, 1, None, nz)
     with pytest.raises(ValueError, match="n_iter"):
         native.greedy_select_sprites(x, sprites, params, occ, None, 0, None, nz)
@@ -92,3 +92,58 @@ def test_bad_inputs_raise_clear_errors():
         native.greedy_select_sprites(x, sprites, params * float("nan"), occ, None, 1, None, nz)
     with pytest.raises(RuntimeError, match="theta must have shape"):
         torch.ops.dtifast.greedy_select(x, sprites, params, occ, None, 1, None, nz)
+
+
+# ---- image-space candidates (dtifast::greedy_select_layers) ----------------------------------------------
+
+def _image_candidates(L, K, B, C=3, H=9, W=8, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    layers = torch.rand(L, K, B, C, H, W, generator=g, dtype=dtype)
+    masks = torch.rand(L, K, B, 1, H, W, generator=g, dtype=dtype)
+    masks[:, -1] = 0                                   # an empty candidate
+    if K > 2:
+        layers[:, 1], masks[:, 1] = layers[:, 0], masks[:, 0]   # an exact tie: the lowest k wins
+    occ = torch.rand(L, L, B, generator=g, dtype=dtype)
+    x = torch.rand(B, C, H, W, generator=g, dtype=dtype)
+    return x, layers, masks, occ
+
+
+@pytest.mark.parametrize("L,K,B,n_iter,bg", [(1, 1, 1, 1, True), (3, 4, 2, 2, True), (2, 5, 3, 3, False)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_image_space_selection_equals_reference(L, K, B, n_iter, bg, dtype):
+    x, layers, masks, occ = _image_candidates(L, K, B, dtype=dtype, seed=L * K)
+    background = torch.rand_like(x) if bg else None
+    penalty = torch.full((K,), 1e-3, dtype=dtype)
+    penalty[-1] = 0
+    ref = reference.greedy_select(x, layers, masks, occ, background, n_iter, penalty)
+    out = native.greedy_select(x, layers, masks, occ, background, n_iter, penalty)
+    assert out.dtype == ref.dtype and torch.equal(out, ref)
+
+
+def test_image_space_non_contiguous_and_threads():
+    x, layers, masks, occ = _image_candidates(3, 3, 4, seed=9)
+    ref = reference.greedy_select(x, layers, masks, occ, None, 2)
+    layers_nc = layers.transpose(4, 5).contiguous().transpose(4, 5)
+    masks_nc = masks.transpose(0, 1).contiguous().transpose(0, 1)
+    before, outs = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(native.greedy_select(x, layers_nc, masks_nc, occ, None, 2))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], ref) and torch.equal(outs[1], ref)
+
+
+def test_image_space_bad_inputs():
+    x, layers, masks, occ = _image_candidates(2, 3, 2)
+    with pytest.raises(ValueError, match=r"masks must have shape \(2, 3, 2, 1, 9, 8\)"):
+        native.greedy_select(x, layers, masks[..., :4], occ)
+    with pytest.raises(ValueError, match=r"occlusion must have shape \(2, 2, 2\)"):
+        native.greedy_select(x, layers, masks, occ[:1])
+    with pytest.raises(ValueError, match="n_iter must be a positive int"):
+        native.greedy_select(x, layers, masks, occ, None, 0)
+    with pytest.raises(ValueError, match=r"empty_penalty must have shape \(3\), got \(2,\)"):
+        native.greedy_select(x, layers, masks, occ, None, 1, torch.zeros(2))
+    with pytest.raises(TypeError, match="share one dtype"):
+        native.greedy_select(x, layers.double(), masks, occ)

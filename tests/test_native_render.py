@@ -72,7 +72,7 @@ def test_non_contiguous_inputs():
 
 def test_bad_inputs_raise_clear_errors():
     x, sprites, params, occ, bg, nz = _inputs()
-    with pytest.raises(ValueError, match=r"sprites must have shape \(3, 2, 5, \*, \*\)"):
+    with pytest.raises(ValueError, match=r"sprites must have shape \(L, 2, 5, \*, \*\)"):
         native.render_loss(x, sprites[:, :, :4], params, occ, bg, nz)
     with pytest.raises(ValueError, match=r"params must have shape \(3, 2, 3\)"):
         native.render_loss(x, sprites, params[..., :2], occ, bg, nz)

@@ -1,7 +1,6 @@
 """The eager reference ops: known answers, conventions, gradients and input checks."""
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch

@@ -77,6 +77,17 @@ def requested_backend(backend: Optional[str]) -> Optional[str]:
     return chosen
 
 
+def _implementation(backend: str, op: str, device: torch.device) -> Optional[Callable]:
+    # A backend module may say per device which of its ops it has kernels for (the compiled extension
+    # serves both ``cpu`` and ``cuda`` and may lack some CUDA kernels).
+    module = _load(backend)
+    impl = getattr(module, op, None)
+    implements = getattr(module, "implements", None)
+    if impl is not None and implements is not None and not implements(op, device):
+        return None
+    return impl
+
+
 def resolve(op: str, backend: Optional[str], device: torch.device) -> tuple[str, Callable]:
     """Pick the backend for ``op`` on ``device`` and return ``(name, implementation)``."""
     chosen = requested_backend(backend)
@@ -84,16 +95,16 @@ def resolve(op: str, backend: Optional[str], device: torch.device) -> tuple[str,
         default = DEFAULT_BACKEND.get(device.type, "torch")
         # A default backend that is importable but does not cover this op leaves it to the reference;
         # one that cannot be imported at all is still an error.
-        module = _load(default)
-        impl = getattr(module, op, None)
+        impl = _implementation(default, op, device)
         if impl is None:
             return "torch", getattr(_load("torch"), op)
         _check_device(default, device)
         return default, impl
     _check_device(chosen, device)
-    impl = getattr(_load(chosen), op, None)
+    impl = _implementation(chosen, op, device)
     if impl is None:
-        raise BackendError(f"backend {chosen!r} does not implement {op!r}; use backend='torch' or another backend")
+        raise BackendError(f"backend {chosen!r} does not implement {op!r} for {device.type} tensors; "
+                           "use backend='torch' or another backend")
     return chosen, impl
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 
@@ -97,6 +97,106 @@ def check_warp_inputs(x: torch.Tensor, params: torch.Tensor, n_params: int | tup
     check_same_device_dtype(("x", x), ("params", params))
     check_padding(padding)
     return check_out_size(out_size)
+
+
+def check_color_inputs(x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Validate the colour transform's ``x`` ``(N, C + E, h, w)`` and ``params`` ``(N, 2·C)``.
+
+    Returns ``x`` (a one-channel image expanded to the C colour channels) and C.
+    """
+    check_tensor(x, "x", ndim=4)
+    check_tensor(params, "params", ndim=2)
+    if params.shape[1] % 2 or params.shape[1] == 0:
+        raise ValueError(f"params must be (N, 2*C) with interleaved (gain, bias) pairs, got {tuple(params.shape)}")
+    check_shape(params, "params", (x.shape[0], params.shape[1]))
+    check_same_device_dtype(("x", x), ("params", params))
+    n_color = params.shape[1] // 2
+    if x.shape[1] == 1:
+        x = x.expand(-1, n_color, -1, -1)
+    if x.shape[1] < n_color:
+        raise ValueError(f"x must have at least {n_color} colour channels for params {tuple(params.shape)}, "
+                         f"got {x.shape[1]} channels")
+    return x, n_color
+
+
+def check_candidate_inputs(layers: torch.Tensor, masks: torch.Tensor, backgrounds: Optional[torch.Tensor]) -> int:
+    """Validate :func:`composite_candidates`' ``layers`` ``(K, B, C, H, W)``, ``masks`` ``(K, B, 1, H, W)``
+    and ``backgrounds`` ``(M, B, C, H, W)`` or None; returns M (1 without backgrounds)."""
+    check_tensor(layers, "layers", ndim=5)
+    K, B, C, H, W = layers.shape
+    check_tensor(masks, "masks", ndim=5)
+    check_shape(masks, "masks", (K, B, 1, H, W))
+    check_same_device_dtype(("layers", layers), ("masks", masks))
+    if backgrounds is None:
+        return 1
+    check_tensor(backgrounds, "backgrounds", ndim=5)
+    check_shape(backgrounds, "backgrounds", (None, B, C, H, W))
+    check_same_device_dtype(("layers", layers), ("backgrounds", backgrounds))
+    return backgrounds.shape[0]
+
+
+def check_greedy_options(x: torch.Tensor, K: int, n_iter: object, empty_penalty: Optional[torch.Tensor]) -> None:
+    """Validate the greedy search's ``n_iter`` (a positive int) and ``empty_penalty`` ``(K,)`` or None."""
+    if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
+        raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
+    if empty_penalty is not None:
+        check_tensor(empty_penalty, "empty_penalty", ndim=1)
+        check_shape(empty_penalty, "empty_penalty", (K,))
+        check_same_device_dtype(("x", x), ("empty_penalty", empty_penalty))
+
+
+def _check_scene(x: torch.Tensor, L: int, occlusion: torch.Tensor, background: Optional[torch.Tensor],
+                 named: list) -> None:
+    B, C, H, W = x.shape
+    check_tensor(occlusion, "occlusion", ndim=3)
+    check_shape(occlusion, "occlusion", (L, L, B))
+    named.append(("occlusion", occlusion))
+    if background is not None:
+        check_tensor(background, "background", ndim=4)
+        check_shape(background, "background", (B, C, H, W))
+        named.append(("background", background))
+    check_same_device_dtype(*named)
+
+
+def check_image_candidates(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
+                           background: Optional[torch.Tensor], n_iter: object,
+                           empty_penalty: Optional[torch.Tensor]) -> None:
+    """Validate the image-space greedy signature: ``x`` ``(B, C, H, W)``, ``layers`` ``(L, K, B, C, H, W)``,
+    ``masks`` ``(L, K, B, 1, H, W)``, ``occlusion`` ``(L, L, B)``, ``background`` ``(B, C, H, W)`` or None."""
+    check_tensor(x, "x", ndim=4)
+    B, C, H, W = x.shape
+    check_tensor(layers, "layers", ndim=6)
+    L, K = layers.shape[:2]
+    check_shape(layers, "layers", (L, K, B, C, H, W))
+    check_tensor(masks, "masks", ndim=6)
+    check_shape(masks, "masks", (L, K, B, 1, H, W))
+    _check_scene(x, L, occlusion, background, [("x", x), ("layers", layers), ("masks", masks)])
+    check_greedy_options(x, K, n_iter, empty_penalty)
+
+
+def check_sprite_space_inputs(x: torch.Tensor, sprites: torch.Tensor, params: torch.Tensor, occlusion: torch.Tensor,
+                              background: Optional[torch.Tensor], noise: Optional[torch.Tensor],
+                              lead: tuple[str, ...], noise_lead: tuple) -> None:
+    """Validate the sprite-space signature shared by the render loss and greedy scoring.
+
+    ``x`` is ``(B, C, H, W)``; ``sprites`` ``(*lead, B, C + E, h, w)`` with E = 1 (mask) or 2 (mask, canvas:
+    with ``noise``); ``params`` ``(L, B, 3)``; ``occlusion`` ``(L, L, B)``; ``background`` ``(B, C, H, W)``
+    or None; ``noise`` ``(*noise_lead, 1, H, W)`` or None.
+    """
+    check_tensor(x, "x", ndim=4)
+    B, C, H, W = x.shape
+    check_tensor(sprites, "sprites", ndim=len(lead) + 4)
+    n_extra = 1 if noise is None else 2
+    check_shape(sprites, "sprites", (*lead, B, C + n_extra, None, None))
+    L = sprites.shape[0]
+    check_tensor(params, "params", ndim=3)
+    check_shape(params, "params", (L, B, 3))
+    named = [("x", x), ("sprites", sprites), ("params", params)]
+    if noise is not None:
+        check_tensor(noise, "noise", ndim=len(noise_lead) + 3)
+        check_shape(noise, "noise", (*noise_lead, 1, H, W))
+        named.append(("noise", noise))
+    _check_scene(x, L, occlusion, background, named)
 
 
 def _is_meta(t: torch.Tensor) -> bool:

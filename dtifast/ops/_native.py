@@ -13,10 +13,32 @@ import torch
 from dtifast import _C  # noqa: F401  (registers torch.ops.dtifast.*)
 
 from . import reference
-from ._checks import check_same_device_dtype, check_shape, check_tensor, check_warp_inputs
+from ._checks import (check_color_inputs, check_image_candidates, check_greedy_options, check_same_device_dtype,
+                      check_shape, check_sprite_space_inputs, check_tensor, check_warp_inputs)
 
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 _MAX_LAYERS = 16  # csrc/composite.h kMaxLayers: per-pixel layer state lives in registers/stack
+
+# The compiled kernels behind each op: the ``cpu`` and ``cuda`` backends share this module, and an op is
+# theirs on a device only where every kernel it calls is registered for that device.
+_KERNELS = {
+    "softclip": ("softclip",),
+    "color_transform": ("color_transform",),
+    "warp_position": ("warp",), "warp_similarity": ("warp",), "warp_affine": ("warp",),
+    "warp_projective": ("warp",), "warp_tps": ("warp",),
+    "composite_layers": ("composite",), "composite_candidates": ("composite",),
+    "place_sprites": ("warp", "softclip"),
+    "render_loss": ("render_loss",),
+    "greedy_select_sprites": ("greedy_select",),
+    "greedy_select": ("greedy_select_layers",),
+}
+
+
+def implements(op: str, device: torch.device) -> bool:
+    """Whether ``dtifast._C`` has the kernels of ``op`` for ``device``'s type (CPU, or CUDA when built)."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    return key is not None and op in _KERNELS and all(
+        torch._C._dispatch_has_kernel_for_dispatch_key(f"dtifast::{k}", key) for k in _KERNELS[op])
 
 
 def _check_native(t: torch.Tensor, name: str) -> None:
@@ -49,6 +71,48 @@ def softclip(x: torch.Tensor, slope: float = 0.01) -> torch.Tensor:
     """Native :func:`dtifast.ops.reference.softclip` (float32/float64)."""
     check_tensor(x, "x", dtypes=_NATIVE_DTYPES, finite=False)
     return torch.ops.dtifast.softclip(x, float(slope))
+
+
+@torch.library.register_fake("dtifast::color_transform")
+def _color_fake(x, params, slope):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("dtifast::color_transform_backward")
+def _color_backward_fake(grad, x, params, slope):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(params, memory_format=torch.contiguous_format))
+
+
+def _color_setup_context(ctx, inputs, output):
+    x, params, slope = inputs
+    ctx.slope = slope
+    ctx.save_for_backward(x, params)
+
+
+def _color_backward(ctx, grad):
+    x, params = ctx.saved_tensors
+    dx, dparams = torch.ops.dtifast.color_transform_backward(grad, x, params, ctx.slope)
+    return dx, dparams, None
+
+
+torch.library.register_autograd("dtifast::color_transform", _color_backward, setup_context=_color_setup_context)
+
+
+def color_transform(x: torch.Tensor, params: torch.Tensor, slope: float = 0.01) -> torch.Tensor:
+    """Native :func:`dtifast.ops.reference.color_transform`: ``x`` ``(N, C + E, h, w)`` or ``(N, 1, h, w)``,
+    ``params`` ``(N, 2·C)`` interleaved (gain, bias) → ``(N, C + E, h, w)``; one pass, softclip fused."""
+    x, _ = check_color_inputs(x, params)
+    _check_native(x, "x")
+    return torch.ops.dtifast.color_transform(x, params, float(slope))
+
+
+def place_sprites(sprites: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
+                  noise: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Native :func:`dtifast.ops.reference.place_sprites` (the native position warp and softclip):
+    ``sprites`` ``(N, C + 1 or C + 2, h, w)``, ``params`` ``(N, 3)``, ``noise`` ``(N, 1, H, W)`` or None →
+    colours ``(N, C, H, W)`` and masks ``(N, 1, H, W)``."""
+    return reference.place_sprites_with(sprites, params, out_size, noise, warp_position, softclip)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -200,6 +264,14 @@ def composite_layers(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch
     return torch.ops.dtifast.composite(layers, masks, occlusion, background)
 
 
+def composite_candidates(layers: torch.Tensor, masks: torch.Tensor,
+                         backgrounds: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Native :func:`dtifast.ops.reference.composite_candidates` through the compositing kernel: ``layers``
+    ``(K, B, C, H, W)``, ``masks`` ``(K, B, 1, H, W)``, ``backgrounds`` ``(M, B, C, H, W)`` or None →
+    ``(B, M·K, C, H, W)``, candidate index ``m·K + k``."""
+    return reference.composite_candidates_with(layers, masks, backgrounds, composite_layers)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Render loss: place + mask noise + composite + MSE in one pass; the backward recomputes that pass.
 # ----------------------------------------------------------------------------------------------------
@@ -246,27 +318,10 @@ def render_loss(x: torch.Tensor, sprites: torch.Tensor, params: torch.Tensor, oc
     Returns:
         Scalar mean squared error over ``B, C, H, W``; differentiable in every tensor argument.
     """
-    check_tensor(x, "x", ndim=4)
+    L = sprites.shape[0] if isinstance(sprites, torch.Tensor) and sprites.dim() == 5 else "L"
+    check_sprite_space_inputs(x, sprites, params, occlusion, background, noise, ("L",), (L, x.shape[0]))
     _check_native(x, "x")
-    B, C, H, W = x.shape
-    check_tensor(sprites, "sprites", ndim=5)
-    L = sprites.shape[0]
-    n_extra = 1 if noise is None else 2
-    check_shape(sprites, "sprites", (L, B, C + n_extra, None, None))
-    check_tensor(params, "params", ndim=3)
-    check_shape(params, "params", (L, B, 3))
-    check_tensor(occlusion, "occlusion", ndim=3)
-    check_shape(occlusion, "occlusion", (L, L, B))
-    named = [("x", x), ("sprites", sprites), ("params", params), ("occlusion", occlusion)]
-    if background is not None:
-        check_tensor(background, "background", ndim=4)
-        check_shape(background, "background", (B, C, H, W))
-        named.append(("background", background))
-    if noise is not None:
-        check_tensor(noise, "noise", ndim=5)
-        check_shape(noise, "noise", (L, B, 1, H, W))
-        named.append(("noise", noise))
-    check_same_device_dtype(*named)
+    B = x.shape[0]
     if L > _MAX_LAYERS:
         raise ValueError(f"the native render loss takes at most {_MAX_LAYERS} layers, got {L}")
     theta = reference.position_matrix(params.reshape(L * B, 3)).reshape(L, B, 6)
@@ -301,30 +356,36 @@ def greedy_select_sprites(x: torch.Tensor, sprites: torch.Tensor, params: torch.
     Returns:
         ``(L, K, B)`` one-hot selection in ``x``'s dtype.
     """
-    check_tensor(x, "x", ndim=4)
+    K = sprites.shape[1] if isinstance(sprites, torch.Tensor) and sprites.dim() == 6 else "K"
+    check_sprite_space_inputs(x, sprites, params, occlusion, background, noise, ("L", "K"), (K,))
+    check_greedy_options(x, sprites.shape[1], n_iter, empty_penalty)
     _check_native(x, "x")
-    B, C, H, W = x.shape
-    check_tensor(sprites, "sprites", ndim=6)
-    L, K = sprites.shape[:2]
-    n_extra = 1 if noise is None else 2
-    check_shape(sprites, "sprites", (L, K, B, C + n_extra, None, None))
-    check_tensor(params, "params", ndim=3)
-    check_shape(params, "params", (L, B, 3))
-    check_tensor(occlusion, "occlusion", ndim=3)
-    check_shape(occlusion, "occlusion", (L, L, B))
-    if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
-        raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
-    named = [("x", x), ("sprites", sprites), ("params", params), ("occlusion", occlusion)]
-    for name, t, shape in (("background", background, (B, C, H, W)), ("empty_penalty", empty_penalty, (K,)),
-                           ("noise", noise, (K, 1, H, W))):
-        if t is not None:
-            check_tensor(t, name, ndim=len(shape))
-            check_shape(t, name, shape)
-            named.append((name, t))
-    check_same_device_dtype(*named)
+    L, B = sprites.shape[0], x.shape[0]
     if L > _MAX_LAYERS:
         raise ValueError(f"the native greedy selection takes at most {_MAX_LAYERS} layers, got {L}")
     with torch.no_grad():
         theta = reference.position_matrix(params.reshape(L * B, 3)).reshape(L, B, 6)
         return torch.ops.dtifast.greedy_select(x, sprites, theta, occlusion, background, n_iter, empty_penalty,
                                                noise)
+
+
+def greedy_select(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
+                  background: Optional[torch.Tensor] = None, n_iter: int = 1,
+                  empty_penalty: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Native :func:`dtifast.ops.reference.greedy_select` on image-space candidates, with the scoring of
+    :func:`greedy_select_sprites` (``S0 - m·S1 + A·m·c`` per pixel, no composite built per candidate).
+
+    Args:
+        x: ``(B, C, H, W)``; layers: ``(L, K, B, C, H, W)`` with ``L <= 16``; masks: ``(L, K, B, 1, H, W)``;
+        occlusion: ``(L, L, B)``; background: ``(B, C, H, W)`` or None (black); n_iter: sweeps;
+        empty_penalty: ``(K,)`` or None.
+
+    Returns:
+        ``(L, K, B)`` one-hot selection in ``x``'s dtype; ties go to the lowest k.
+    """
+    check_image_candidates(x, layers, masks, occlusion, background, n_iter, empty_penalty)
+    _check_native(x, "x")
+    if layers.shape[0] > _MAX_LAYERS:
+        raise ValueError(f"the native greedy selection takes at most {_MAX_LAYERS} layers, got {layers.shape[0]}")
+    with torch.no_grad():
+        return torch.ops.dtifast.greedy_select_layers(x, layers, masks, occlusion, background, n_iter, empty_penalty)

@@ -13,7 +13,6 @@ from typing import Optional
 import torch
 
 from . import reference
-from ._checks import check_shape, check_tensor
 from .composite import composite_layers
 from .greedy import greedy_select, greedy_select_sprites
 from .pointwise import color_transform, softclip
@@ -50,19 +49,4 @@ def composite_candidates(layers: torch.Tensor, masks: torch.Tensor,
     Returns:
         ``(B, M·K, C, H, W)``, candidate index ``m·K + k``.
     """
-    check_tensor(layers, "layers", ndim=5)
-    K, B, C, H, W = layers.shape
-    check_tensor(masks, "masks", ndim=5)
-    check_shape(masks, "masks", (K, B, 1, H, W))
-    M = 1
-    if backgrounds is not None:
-        check_tensor(backgrounds, "backgrounds", ndim=5)
-        check_shape(backgrounds, "backgrounds", (None, B, C, H, W))
-        M = backgrounds.shape[0]
-    n = M * K * B
-    flat_layers = layers[None].expand(M, -1, -1, -1, -1, -1).reshape(1, n, C, H, W)
-    flat_masks = masks[None].expand(M, -1, -1, -1, -1, -1).reshape(1, n, 1, H, W)
-    bg = None if backgrounds is None else backgrounds[:, None].expand(-1, K, -1, -1, -1, -1).reshape(n, C, H, W)
-    occ = layers.new_zeros(1, 1, n)
-    out = composite_layers(flat_layers, flat_masks, occ, bg)
-    return out.view(M * K, B, C, H, W).transpose(0, 1)
+    return reference.composite_candidates_with(layers, masks, backgrounds, composite_layers)

@@ -12,8 +12,7 @@ import torch
 
 from dtifast.kernels import greedy as kg
 
-from ._checks import check_same_device_dtype, check_shape, check_tensor
-from .render import check_sprite_space_inputs
+from ._checks import check_greedy_options, check_image_candidates, check_sprite_space_inputs
 
 __all__ = ["greedy_select_sprites", "greedy_select"]
 
@@ -41,15 +40,6 @@ def _(x, layers, masks, occlusion, background, n_iter, empty_penalty):
     return x.new_empty(layers.shape[:3])
 
 
-def _check_common(x: torch.Tensor, K: int, n_iter: object, empty_penalty: Optional[torch.Tensor]) -> None:
-    if not isinstance(n_iter, int) or isinstance(n_iter, bool) or n_iter < 1:
-        raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
-    if empty_penalty is not None:
-        check_tensor(empty_penalty, "empty_penalty", ndim=1)
-        check_shape(empty_penalty, "empty_penalty", (K,))
-        check_same_device_dtype(("x", x), ("empty_penalty", empty_penalty))
-
-
 def greedy_select_sprites(x: torch.Tensor, sprites: torch.Tensor, params: torch.Tensor, occlusion: torch.Tensor,
                           background: Optional[torch.Tensor] = None, n_iter: int = 1,
                           empty_penalty: Optional[torch.Tensor] = None,
@@ -70,7 +60,7 @@ def greedy_select_sprites(x: torch.Tensor, sprites: torch.Tensor, params: torch.
     """
     K = sprites.shape[1] if isinstance(sprites, torch.Tensor) and sprites.dim() == 6 else "K"
     check_sprite_space_inputs(x, sprites, params, occlusion, background, noise, ("L", "K"), (K,))
-    _check_common(x, sprites.shape[1], n_iter, empty_penalty)
+    check_greedy_options(x, sprites.shape[1], n_iter, empty_penalty)
     with torch.no_grad():
         return _greedy_sprites(x, sprites, params, occlusion, background, n_iter, empty_penalty, noise)
 
@@ -88,21 +78,6 @@ def greedy_select(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor, oc
     Returns:
         ``(L, K, B)`` one-hot selection.
     """
-    check_tensor(x, "x", ndim=4)
-    B, C, H, W = x.shape
-    check_tensor(layers, "layers", ndim=6)
-    L, K = layers.shape[:2]
-    check_shape(layers, "layers", (L, K, B, C, H, W))
-    check_tensor(masks, "masks", ndim=6)
-    check_shape(masks, "masks", (L, K, B, 1, H, W))
-    check_tensor(occlusion, "occlusion", ndim=3)
-    check_shape(occlusion, "occlusion", (L, L, B))
-    named = [("x", x), ("layers", layers), ("masks", masks), ("occlusion", occlusion)]
-    if background is not None:
-        check_tensor(background, "background", ndim=4)
-        check_shape(background, "background", (B, C, H, W))
-        named.append(("background", background))
-    check_same_device_dtype(*named)
-    _check_common(x, K, n_iter, empty_penalty)
+    check_image_candidates(x, layers, masks, occlusion, background, n_iter, empty_penalty)
     with torch.no_grad():
         return _greedy_images(x, layers, masks, occlusion, background, n_iter, empty_penalty)

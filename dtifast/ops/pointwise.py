@@ -6,7 +6,7 @@ import torch
 
 from dtifast.kernels import pointwise as kp
 
-from ._checks import check_same_device_dtype, check_shape, check_tensor
+from ._checks import check_color_inputs, check_tensor
 
 __all__ = ["softclip", "color_transform"]
 
@@ -88,16 +88,5 @@ def softclip(x: torch.Tensor, slope: float = 0.01) -> torch.Tensor:
 def color_transform(x: torch.Tensor, params: torch.Tensor, slope: float = 0.01) -> torch.Tensor:
     """Triton :func:`dtifast.ops.reference.color_transform`: ``x`` ``(N, C + E, h, w)`` or ``(N, 1, h, w)``,
     ``params`` ``(N, 2·C)`` interleaved (gain, bias) → ``(N, C + E, h, w)``."""
-    check_tensor(x, "x", ndim=4)
-    check_tensor(params, "params", ndim=2)
-    if params.shape[1] % 2 or params.shape[1] == 0:
-        raise ValueError(f"params must be (N, 2*C) with interleaved (gain, bias) pairs, got {tuple(params.shape)}")
-    check_shape(params, "params", (x.shape[0], params.shape[1]))
-    check_same_device_dtype(("x", x), ("params", params))
-    n_color = params.shape[1] // 2
-    if x.shape[1] == 1:
-        x = x.expand(-1, n_color, -1, -1)
-    if x.shape[1] < n_color:
-        raise ValueError(f"x must have at least {n_color} colour channels for params {tuple(params.shape)}, "
-                         f"got {x.shape[1]} channels")
+    x, _ = check_color_inputs(x, params)
     return _color(x, params, float(slope))

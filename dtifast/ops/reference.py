@@ -17,14 +17,13 @@ Conventions shared by all warps (the same as ``F.affine_grid``/``F.grid_sample``
 from __future__ import annotations
 
 import functools
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from ._checks import (check_padding, check_same_device_dtype, check_shape, check_tensor,
-                      check_warp_inputs)
+from ._checks import (check_candidate_inputs, check_color_inputs, check_image_candidates,
+                      check_same_device_dtype, check_shape, check_tensor, check_warp_inputs)
 
 __all__ = [
     "softclip", "position_matrix", "similarity_matrix", "affine_matrix", "projective_matrix",
@@ -333,18 +332,7 @@ def color_transform(x: torch.Tensor, params: torch.Tensor, slope: float = 0.01) 
         >>> color_transform(torch.rand(2, 4, 5, 5), torch.zeros(2, 6)).shape
         torch.Size([2, 4, 5, 5])
     """
-    check_tensor(x, "x", ndim=4)
-    check_tensor(params, "params", ndim=2)
-    if params.shape[1] % 2 or params.shape[1] == 0:
-        raise ValueError(f"params must be (N, 2*C) with interleaved (gain, bias) pairs, got {tuple(params.shape)}")
-    check_shape(params, "params", (x.shape[0], params.shape[1]))
-    check_same_device_dtype(("x", x), ("params", params))
-    n_color = params.shape[1] // 2
-    if x.shape[1] == 1:
-        x = x.expand(-1, n_color, -1, -1)
-    if x.shape[1] < n_color:
-        raise ValueError(f"x must have at least {n_color} colour channels for params {tuple(params.shape)}, "
-                         f"got {x.shape[1]} channels")
+    x, n_color = check_color_inputs(x, params)
     color, extra = x[:, :n_color], x[:, n_color:]
     gain_bias = params.view(-1, n_color, 2, 1, 1)
     out = softclip((1 + gain_bias[:, :, 0]) * color + gain_bias[:, :, 1], slope)
@@ -440,19 +428,26 @@ def composite_candidates(layers: torch.Tensor, masks: torch.Tensor,
     Returns:
         ``(B, M·K, C, H, W)``, candidate index ``m·K + k`` (upstream's order).
     """
-    check_tensor(layers, "layers", ndim=5)
-    K, B, C, H, W = layers.shape
-    check_tensor(masks, "masks", ndim=5)
-    check_shape(masks, "masks", (K, B, 1, H, W))
-    check_same_device_dtype(("layers", layers), ("masks", masks))
+    check_candidate_inputs(layers, masks, backgrounds)
     fg = masks * layers
     if backgrounds is None:
         return fg.transpose(0, 1)
-    check_tensor(backgrounds, "backgrounds", ndim=5)
-    check_shape(backgrounds, "backgrounds", (None, B, C, H, W))
-    check_same_device_dtype(("layers", layers), ("backgrounds", backgrounds))
     out = (1 - masks)[None] * backgrounds[:, None] + fg[None]             # (M, K, B, C, H, W)
     return out.flatten(0, 1).transpose(0, 1)
+
+
+def composite_candidates_with(layers: torch.Tensor, masks: torch.Tensor, backgrounds: Optional[torch.Tensor],
+                              composite) -> torch.Tensor:
+    """:func:`composite_candidates` through a backend's ``composite_layers``: each of the M·K·B candidates
+    is a one-layer composite over its background (shared by the fused backends)."""
+    M = check_candidate_inputs(layers, masks, backgrounds)
+    K, B, C, H, W = layers.shape
+    n = M * K * B
+    flat_layers = layers[None].expand(M, -1, -1, -1, -1, -1).reshape(1, n, C, H, W)
+    flat_masks = masks[None].expand(M, -1, -1, -1, -1, -1).reshape(1, n, 1, H, W)
+    bg = None if backgrounds is None else backgrounds[:, None].expand(-1, K, -1, -1, -1, -1).reshape(n, C, H, W)
+    out = composite(flat_layers, flat_masks, layers.new_zeros(1, 1, n), bg)
+    return out.view(M * K, B, C, H, W).transpose(0, 1)
 
 
 @torch.no_grad()
@@ -477,26 +472,11 @@ def greedy_select(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor, oc
     Returns:
         ``(L, K, B)`` one-hot selection.
     """
-    check_tensor(x, "x", ndim=4)
+    check_image_candidates(x, layers, masks, occlusion, background, n_iter, empty_penalty)
     B, C, H, W = x.shape
-    check_tensor(layers, "layers", ndim=6)
     L, K = layers.shape[:2]
-    check_shape(layers, "layers", (L, K, B, C, H, W))
-    check_tensor(masks, "masks", ndim=6)
-    check_shape(masks, "masks", (L, K, B, 1, H, W))
-    check_tensor(occlusion, "occlusion", ndim=3)
-    check_shape(occlusion, "occlusion", (L, L, B))
-    if not isinstance(n_iter, int) or n_iter < 1:
-        raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
     if background is None:
         background = x.new_zeros(B, C, H, W)
-    check_tensor(background, "background", ndim=4)
-    check_shape(background, "background", (B, C, H, W))
-    if empty_penalty is not None:
-        check_tensor(empty_penalty, "empty_penalty", ndim=1)
-        check_shape(empty_penalty, "empty_penalty", (K,))
-    check_same_device_dtype(("x", x), ("layers", layers), ("masks", masks), ("occlusion", occlusion),
-                            ("background", background))
 
     cur_layers = x.new_zeros(L, B, C, H, W)
     cur_masks = x.new_zeros(L, B, 1, H, W)

@@ -14,9 +14,9 @@ import torch
 
 from dtifast.kernels import render_loss as kr
 
-from ._checks import check_same_device_dtype, check_shape, check_tensor
+from ._checks import check_sprite_space_inputs
 
-__all__ = ["render_loss", "check_sprite_space_inputs"]
+__all__ = ["render_loss"]
 
 
 @torch.library.custom_op("dtifast::render_loss_triton", mutates_args=())
@@ -60,36 +60,6 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("dtifast::render_loss_triton", _backward, setup_context=_setup)
-
-
-def check_sprite_space_inputs(x: torch.Tensor, sprites: torch.Tensor, params: torch.Tensor, occlusion: torch.Tensor,
-                              background: Optional[torch.Tensor], noise: Optional[torch.Tensor],
-                              lead: tuple[str, ...], noise_lead: tuple) -> None:
-    """Validate the sprite-space signature shared by the render loss and greedy scoring.
-
-    ``sprites`` is ``(*lead, B, C + E, h, w)`` with E = 1 (mask) or 2 (mask, canvas: with ``noise``);
-    ``noise`` is ``(*noise_lead, 1, H, W)``.
-    """
-    check_tensor(x, "x", ndim=4)
-    B, C, H, W = x.shape
-    check_tensor(sprites, "sprites", ndim=len(lead) + 4)
-    n_extra = 1 if noise is None else 2
-    check_shape(sprites, "sprites", (*lead, B, C + n_extra, None, None))
-    L = sprites.shape[0]
-    check_tensor(params, "params", ndim=3)
-    check_shape(params, "params", (L, B, 3))
-    check_tensor(occlusion, "occlusion", ndim=3)
-    check_shape(occlusion, "occlusion", (L, L, B))
-    named = [("x", x), ("sprites", sprites), ("params", params), ("occlusion", occlusion)]
-    if background is not None:
-        check_tensor(background, "background", ndim=4)
-        check_shape(background, "background", (B, C, H, W))
-        named.append(("background", background))
-    if noise is not None:
-        check_tensor(noise, "noise", ndim=len(noise_lead) + 3)
-        check_shape(noise, "noise", (*noise_lead, 1, H, W))
-        named.append(("noise", noise))
-    check_same_device_dtype(*named)
 
 
 def render_loss(x: torch.Tensor, sprites: torch.Tensor, params: torch.Tensor, occlusion: torch.Tensor,

@@ -1,0 +1,108 @@
+// Per-channel colour transform on CPU (dtifast/ops/reference.py color_transform):
+//   y_c = softclip((1 + g_c) x_c + b_c) for the n_color colour channels, y_c = x_c for the extra channels.
+//
+//   dtifast::color_transform(x, params, slope) -> y
+//   dtifast::color_transform_backward(grad, x, params, slope) -> (dx, dparams)
+//
+// x (N, CE, h, w) with CE >= n_color; params (N, 2 * n_color) interleaved (g_0, b_0, g_1, b_1, ...). Python
+// expands a one-channel image to n_color channels before the call. Both directions parallelise over the
+// (image, channel) planes; a plane's gain and bias gradients are summed by the thread that owns it, in pixel
+// order, so results do not depend on the thread count.
+#include <torch/library.h>
+
+#include "common.h"
+#include "sampling.h"
+
+namespace dtifast {
+namespace {
+
+void check_color(const at::Tensor& x, const at::Tensor& params) {
+  check_device(x, "x", at::kCPU);
+  TORCH_CHECK(x.dim() == 4, "x must be (N, C + E, h, w), got ", x.sizes());
+  check_like(params, "params", x);
+  TORCH_CHECK(params.dim() == 2 && params.size(0) == x.size(0) && params.size(1) % 2 == 0 && params.size(1) > 0 &&
+                  params.size(1) / 2 <= x.size(1),
+              "params must be (N, 2 * n_color) with n_color <= x.size(1) = ", x.size(1), ", got ", params.sizes());
+}
+
+at::Tensor color_transform_cpu(const at::Tensor& x_in, const at::Tensor& params_in, double slope) {
+  check_color(x_in, params_in);
+  const at::Tensor x = x_in.contiguous(), params = params_in.contiguous();
+  const int64_t N = x.size(0), CE = x.size(1), hw = x.size(2) * x.size(3), n_color = params.size(1) / 2;
+  at::Tensor out = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "color_transform_cpu", [&] {
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    const scalar_t* par = params.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    const scalar_t s = static_cast<scalar_t>(slope);
+    at::parallel_for(0, N * CE, std::max<int64_t>(1, 16384 / std::max<int64_t>(hw, 1)), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / CE, c = row % CE;
+        const scalar_t* xr = src + row * hw;
+        scalar_t* yr = dst + row * hw;
+        if (c >= n_color) {
+          std::copy(xr, xr + hw, yr);
+          continue;
+        }
+        const scalar_t gain = scalar_t(1) + par[n * 2 * n_color + 2 * c], bias = par[n * 2 * n_color + 2 * c + 1];
+        for (int64_t p = 0; p < hw; ++p) yr[p] = softclip_value(gain * xr[p] + bias, s);
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> color_transform_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                                const at::Tensor& params_in, double slope) {
+  check_color(x_in, params_in);
+  check_like(grad_in, "grad", x_in);
+  check_sizes(grad_in, "grad", std::vector<int64_t>(x_in.sizes().begin(), x_in.sizes().end()));
+  const at::Tensor x = x_in.contiguous(), params = params_in.contiguous(), grad = grad_in.contiguous();
+  const int64_t N = x.size(0), CE = x.size(1), hw = x.size(2) * x.size(3), n_color = params.size(1) / 2;
+  at::Tensor dx = at::empty_like(x), dparams = at::empty_like(params);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "color_transform_backward_cpu", [&] {
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    const scalar_t* par = params.const_data_ptr<scalar_t>();
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    scalar_t* dsrc = dx.mutable_data_ptr<scalar_t>();
+    scalar_t* dpar = dparams.mutable_data_ptr<scalar_t>();
+    const scalar_t s = static_cast<scalar_t>(slope);
+    at::parallel_for(0, N * CE, std::max<int64_t>(1, 16384 / std::max<int64_t>(hw, 1)), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / CE, c = row % CE;
+        const scalar_t* xr = src + row * hw;
+        const scalar_t* gr = g + row * hw;
+        scalar_t* dr = dsrc + row * hw;
+        if (c >= n_color) {
+          std::copy(gr, gr + hw, dr);
+          continue;
+        }
+        const scalar_t gain = scalar_t(1) + par[n * 2 * n_color + 2 * c], bias = par[n * 2 * n_color + 2 * c + 1];
+        scalar_t dgain = 0, dbias = 0;
+        for (int64_t p = 0; p < hw; ++p) {
+          const scalar_t dpre = gr[p] * softclip_grad(gain * xr[p] + bias, s);
+          dr[p] = dpre * gain;
+          dgain += dpre * xr[p];
+          dbias += dpre;
+        }
+        dpar[n * 2 * n_color + 2 * c] = dgain;
+        dpar[n * 2 * n_color + 2 * c + 1] = dbias;
+      }
+    });
+  });
+  return {dx, dparams};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(dtifast, m) {
+  m.def("color_transform(Tensor x, Tensor params, float slope) -> Tensor");
+  m.def("color_transform_backward(Tensor grad, Tensor x, Tensor params, float slope) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(dtifast, CPU, m) {
+  m.impl("color_transform", &color_transform_cpu);
+  m.impl("color_transform_backward", &color_transform_backward_cpu);
+}
+
+}  // namespace dtifast
