@@ -27,6 +27,9 @@ def _want_cuda() -> bool:
 
 def _extensions():
     cpu_sources = sorted(glob.glob("csrc/*.cpp"))
+    # The headers hold most of the kernel math: a changed header must rebuild the sources (setuptools
+    # otherwise only compares each .cpp with its object file).
+    headers = sorted(glob.glob("csrc/*.h") + glob.glob("csrc/cuda/*.h") + glob.glob("csrc/cuda/*.cuh"))
     # at::parallel_for is an inline OpenMP loop in ATen's headers: without -fopenmp here it compiles to a
     # serial loop. The extension then resolves libgomp.so.1 to the copy torch has already loaded.
     cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
@@ -44,10 +47,11 @@ def _extensions():
                 define_macros=[("DTIFAST_WITH_CUDA", None)],
                 extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
                 extra_link_args=link_flags,
+                depends=headers,
             )
         ]
     return [CppExtension("dtifast._C", cpu_sources, extra_compile_args={"cxx": cxx_flags},
-                         extra_link_args=link_flags)]
+                         extra_link_args=link_flags, depends=headers)]
 
 
 setup(
