@@ -28,9 +28,9 @@ from dtifast.bench.train_step import TrainStep
 from dtifast.ops import _native
 
 PROVIDERS = ("torch", "cpu")
-# The training step runs the model with no backend named: on CPU tensors every op that the C++ backend
-# defines runs natively, the others (e.g. the colour transform) run the reference, as in a real run.
-STEP_PROVIDERS = {"torch": "torch", "cpu": "default"}
+# The training step names its backend: every op of the model runs on the reference, or every op on the
+# C++ kernels (which is also what a CPU run picks when no backend is named).
+STEP_PROVIDERS = {"torch": "torch", "cpu": "cpu"}
 CPU = torch.device("cpu")
 NATIVE_OPS = [op for op in OP_CASES if hasattr(_native, op)]
 
