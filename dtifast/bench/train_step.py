@@ -13,8 +13,8 @@ Providers:
 * every other backend of :data:`dtifast.ops.BACKENDS`, chosen explicitly (a backend that lacks an op
   the model calls is reported as skipped, with the missing op);
 * ``default`` — no backend named: per op, the device's default backend where it implements the op,
-  else the reference. Listed only when that mix differs from every explicit backend (on the CPU
-  while the C++ backend covers only some ops).
+  else the reference. Listed only when that mix differs from every explicit backend (on CUDA while
+  a Triton or CUDA kernel is missing; on the CPU the C++ backend covers every op).
 """
 from __future__ import annotations
 
