@@ -119,6 +119,22 @@ def check_color_inputs(x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Ten
     return x, n_color
 
 
+def check_composite_inputs(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
+                           background: Optional[torch.Tensor]) -> None:
+    """Validate ``layers`` (L, B, C, H, W), ``masks`` (L, B, 1, H, W), ``occlusion`` (L, L, B), ``background``."""
+    check_tensor(layers, "layers", ndim=5)
+    L, B, C, H, W = layers.shape
+    check_tensor(masks, "masks", ndim=5)
+    check_shape(masks, "masks", (L, B, 1, H, W))
+    check_tensor(occlusion, "occlusion", ndim=3)
+    check_shape(occlusion, "occlusion", (L, L, B))
+    check_same_device_dtype(("layers", layers), ("masks", masks), ("occlusion", occlusion))
+    if background is not None:
+        check_tensor(background, "background", ndim=4)
+        check_shape(background, "background", (B, C, H, W))
+        check_same_device_dtype(("layers", layers), ("background", background))
+
+
 def check_candidate_inputs(layers: torch.Tensor, masks: torch.Tensor, backgrounds: Optional[torch.Tensor]) -> int:
     """Validate :func:`composite_candidates`' ``layers`` ``(K, B, C, H, W)``, ``masks`` ``(K, B, 1, H, W)``
     and ``backgrounds`` ``(M, B, C, H, W)`` or None; returns M (1 without backgrounds)."""

@@ -13,8 +13,8 @@ import torch
 from dtifast import _C  # noqa: F401  (registers torch.ops.dtifast.*)
 
 from . import reference
-from ._checks import (check_color_inputs, check_image_candidates, check_greedy_options, check_same_device_dtype,
-                      check_shape, check_sprite_space_inputs, check_tensor, check_warp_inputs)
+from ._checks import (check_color_inputs, check_composite_inputs, check_greedy_options, check_image_candidates,
+                      check_sprite_space_inputs, check_tensor, check_warp_inputs)
 
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 _MAX_LAYERS = 16  # csrc/composite.h kMaxLayers: per-pixel layer state lives in registers/stack
@@ -253,14 +253,10 @@ def composite_layers(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch
     Returns:
         ``(B, C, H, W)``.
     """
-    reference._check_layers(layers, masks, occlusion)
+    check_composite_inputs(layers, masks, occlusion, background)
     _check_native(layers, "layers")
     if layers.shape[0] > _MAX_LAYERS:
         raise ValueError(f"the native compositing takes at most {_MAX_LAYERS} layers, got {layers.shape[0]}")
-    if background is not None:
-        check_tensor(background, "background", ndim=4)
-        check_shape(background, "background", layers.shape[1:])
-        check_same_device_dtype(("layers", layers), ("background", background))
     return torch.ops.dtifast.composite(layers, masks, occlusion, background)
 
 

@@ -12,9 +12,9 @@ import torch
 
 from dtifast.kernels import composite as kc
 
-from ._checks import check_same_device_dtype, check_shape, check_tensor
+from ._checks import check_composite_inputs
 
-__all__ = ["composite_layers", "check_composite_inputs"]
+__all__ = ["composite_layers"]
 
 
 @torch.library.custom_op("dtifast::composite_layers_triton", mutates_args=())
@@ -56,22 +56,6 @@ def _backward(ctx, grad):
 
 
 torch.library.register_autograd("dtifast::composite_layers_triton", _backward, setup_context=_setup)
-
-
-def check_composite_inputs(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
-                           background: Optional[torch.Tensor]) -> None:
-    """Validate ``layers`` (L, B, C, H, W), ``masks`` (L, B, 1, H, W), ``occlusion`` (L, L, B), ``background``."""
-    check_tensor(layers, "layers", ndim=5)
-    L, B, C, H, W = layers.shape
-    check_tensor(masks, "masks", ndim=5)
-    check_shape(masks, "masks", (L, B, 1, H, W))
-    check_tensor(occlusion, "occlusion", ndim=3)
-    check_shape(occlusion, "occlusion", (L, L, B))
-    check_same_device_dtype(("layers", layers), ("masks", masks), ("occlusion", occlusion))
-    if background is not None:
-        check_tensor(background, "background", ndim=4)
-        check_shape(background, "background", (B, C, H, W))
-        check_same_device_dtype(("layers", layers), ("background", background))
 
 
 def composite_layers(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,

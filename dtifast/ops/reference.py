@@ -22,8 +22,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ._checks import (check_candidate_inputs, check_color_inputs, check_image_candidates,
-                      check_same_device_dtype, check_shape, check_tensor, check_warp_inputs)
+from ._checks import (check_candidate_inputs, check_color_inputs, check_composite_inputs, check_image_candidates,
+                      check_shape, check_tensor, check_warp_inputs)
 
 __all__ = [
     "softclip", "position_matrix", "similarity_matrix", "affine_matrix", "projective_matrix",
@@ -343,16 +343,6 @@ def color_transform(x: torch.Tensor, params: torch.Tensor, slope: float = 0.01) 
 # Layer compositing
 # ----------------------------------------------------------------------------------------------------
 
-def _check_layers(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor) -> None:
-    check_tensor(layers, "layers", ndim=5)
-    L, B, C, H, W = layers.shape
-    check_tensor(masks, "masks", ndim=5)
-    check_shape(masks, "masks", (L, B, 1, H, W))
-    check_tensor(occlusion, "occlusion", ndim=3)
-    check_shape(occlusion, "occlusion", (L, L, B))
-    check_same_device_dtype(("layers", layers), ("masks", masks), ("occlusion", occlusion))
-
-
 def with_background(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
                     background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prepend a background as layer 0: mask 1, occluded by every layer, occluding none.
@@ -397,11 +387,8 @@ def composite_layers(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch
         >>> composite_layers(torch.rand(2, 3, 3, 4, 4), torch.rand(2, 3, 1, 4, 4), occ).shape
         torch.Size([3, 3, 4, 4])
     """
-    _check_layers(layers, masks, occlusion)
+    check_composite_inputs(layers, masks, occlusion, background)
     if background is not None:
-        check_tensor(background, "background", ndim=4)
-        check_shape(background, "background", layers.shape[1:])
-        check_same_device_dtype(("layers", layers), ("background", background))
         layers, masks, occlusion = with_background(layers, masks, occlusion, background)
     return _composite(layers, masks, occlusion)
 
