@@ -9,14 +9,31 @@
 
 namespace dtifast {
 
+// x (K, C, h, w); theta (N, ...) with N = K without an index, or index (N,) int64 with values in [0, K).
 inline void check_warp(const at::Tensor& x, const at::Tensor& theta, const std::optional<at::Tensor>& wts,
-                       int64_t mode, int64_t out_h, int64_t out_w, at::DeviceType device) {
+                       const std::optional<at::Tensor>& index, int64_t mode, int64_t out_h, int64_t out_w,
+                       at::DeviceType device) {
   check_device(x, "x", device);
   check_like(theta, "theta", x);
   TORCH_CHECK(x.dim() == 4, "x must be (N, C, h, w), got ", x.sizes());
   TORCH_CHECK(out_h > 0 && out_w > 0, "out size must be positive, got (", out_h, ", ", out_w, ")");
   TORCH_CHECK(mode == kAffine || mode == kProjective || mode == kTps, "unknown warp mode ", mode);
-  const int64_t n = x.size(0);
+  TORCH_CHECK(theta.dim() >= 2, "theta must be (N, ...), got ", theta.sizes());
+  const int64_t n = theta.size(0);
+  if (index.has_value()) {
+    TORCH_CHECK(index->device() == x.device() && index->scalar_type() == at::kLong, "index must be int64 on ",
+                x.device(), ", got ", index->scalar_type(), " on ", index->device());
+    check_sizes(*index, "index", {n});
+    if (index->device().is_cpu() && n > 0) {
+      const at::Tensor idx = index->contiguous();
+      const int64_t* p = idx.const_data_ptr<int64_t>();
+      for (int64_t i = 0; i < n; ++i) {
+        TORCH_CHECK(p[i] >= 0 && p[i] < x.size(0), "index values must be in [0, ", x.size(0), "), got ", p[i]);
+      }
+    }
+  } else {
+    TORCH_CHECK(n == x.size(0), "theta must have one row per image of x (", x.size(0), "), got ", n);
+  }
   if (mode == kAffine) check_sizes(theta, "theta", {n, 6});
   if (mode == kProjective) check_sizes(theta, "theta", {n, 9});
   TORCH_CHECK(wts.has_value() == (mode == kTps), "wts must be given exactly for TPS warps");

@@ -1,13 +1,16 @@
 // Fused grid generation + bilinear sampling on CPU for every warp family (affine, projective, TPS).
 //
-//   dtifast::warp(x, theta, wts, mode, out_h, out_w, border) -> out
-//   dtifast::warp_backward(grad, x, theta, wts, mode, out_h, out_w, border, need_x, need_theta) -> (dx, dtheta)
+//   dtifast::warp(x, theta, wts, index, mode, out_h, out_w, border) -> out
+//   dtifast::warp_backward(grad, x, theta, wts, index, mode, out_h, out_w, border, need_x, need_theta)
+//     -> (dx, dtheta)
 //
-// x (N, C, h, w); theta (N, 6) affine matrix, (N, 9) homography or (N, G2, 2) TPS source points (what
+// x (N, C, h, w), or (K, C, h, w) shared inputs with index (N,) int64: output n warps x[index[n]];
+// theta (N, 6) affine matrix, (N, 9) homography or (N, G2, 2) TPS source points (what
 // sampling.h reads; Python builds it from the raw head outputs with the reference's matrix functions,
 // so autograd chains dtheta to the parameters); wts the (H*W, G2) TPS matrix, only for mode kTps.
-// The forward parallelises over output rows; the backward over images, each image's input and theta
-// gradients summed by one thread in pixel order, so results do not depend on the thread count.
+// The forward parallelises over output rows; the backward over input images, each input's gradient (and
+// the theta gradients of its outputs) summed by one thread in output and pixel order, so results do not
+// depend on the thread count.
 #include <torch/library.h>
 
 #include "checks.h"
@@ -18,11 +21,20 @@ namespace {
 
 int64_t theta_size(const at::Tensor& theta) { return theta.numel() / std::max<int64_t>(theta.size(0), 1); }
 
+// Output n's input image: index[n], or n without an index.
+struct InputOf {
+  const int64_t* index;
+  int64_t operator()(int64_t n) const { return index ? index[n] : n; }
+};
+
 at::Tensor warp_cpu(const at::Tensor& x_in, const at::Tensor& theta_in, const std::optional<at::Tensor>& wts_in,
-                    int64_t mode, int64_t out_h, int64_t out_w, bool border) {
-  check_warp(x_in, theta_in, wts_in, mode, out_h, out_w, at::kCPU);
+                    const std::optional<at::Tensor>& index_in, int64_t mode, int64_t out_h, int64_t out_w,
+                    bool border) {
+  check_warp(x_in, theta_in, wts_in, index_in, mode, out_h, out_w, at::kCPU);
   const at::Tensor x = x_in.contiguous(), theta = theta_in.contiguous();
-  const int64_t N = x.size(0), C = x.size(1), h = x.size(2), w = x.size(3), P = theta_size(theta);
+  at::Tensor index_holder;
+  const InputOf input_of{optional_ptr<int64_t>(index_in, index_holder)};
+  const int64_t N = theta.size(0), C = x.size(1), h = x.size(2), w = x.size(3), P = theta_size(theta);
   const int64_t g2 = mode == kTps ? theta.size(1) : 0;
   at::Tensor out = at::empty({N, C, out_h, out_w}, x.options());
   at::Tensor wts_holder;
@@ -35,7 +47,7 @@ at::Tensor warp_cpu(const at::Tensor& x_in, const at::Tensor& theta_in, const st
     at::parallel_for(0, N * out_h, grain, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / out_h, i = row % out_h;
-        const scalar_t* img = src + n * C * h * w;
+        const scalar_t* img = src + input_of(n) * C * h * w;
         for (int64_t j = 0; j < out_w; ++j) {
           scalar_t gx, gy;
           grid_point<scalar_t>(mode, th + n * P, wts, g2, i, j, out_h, out_w, gx, gy);
@@ -51,15 +63,27 @@ at::Tensor warp_cpu(const at::Tensor& x_in, const at::Tensor& theta_in, const st
 
 std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
                                                      const at::Tensor& theta_in,
-                                                     const std::optional<at::Tensor>& wts_in, int64_t mode,
+                                                     const std::optional<at::Tensor>& wts_in,
+                                                     const std::optional<at::Tensor>& index_in, int64_t mode,
                                                      int64_t out_h, int64_t out_w, bool border, bool need_x,
                                                      bool need_theta) {
-  check_warp(x_in, theta_in, wts_in, mode, out_h, out_w, at::kCPU);
+  check_warp(x_in, theta_in, wts_in, index_in, mode, out_h, out_w, at::kCPU);
   check_like(grad_in, "grad", x_in);
-  check_sizes(grad_in, "grad", {x_in.size(0), x_in.size(1), out_h, out_w});
+  check_sizes(grad_in, "grad", {theta_in.size(0), x_in.size(1), out_h, out_w});
   const at::Tensor x = x_in.contiguous(), theta = theta_in.contiguous(), grad = grad_in.contiguous();
-  const int64_t N = x.size(0), C = x.size(1), h = x.size(2), w = x.size(3), P = theta_size(theta);
+  const int64_t K = x.size(0), N = theta.size(0), C = x.size(1), h = x.size(2), w = x.size(3), P = theta_size(theta);
   const int64_t g2 = mode == kTps ? theta.size(1) : 0;
+  // Outputs grouped by input image, in output order (a stable counting sort): one thread owns an input
+  // and sums every gradient into it in that order, so there are no races and no dependence on threads.
+  std::vector<int64_t> first(K + 1, 0), order(N);
+  at::Tensor index_holder;
+  const int64_t* index = optional_ptr<int64_t>(index_in, index_holder);
+  for (int64_t n = 0; n < N; ++n) ++first[(index ? index[n] : n) + 1];
+  for (int64_t k = 0; k < K; ++k) first[k + 1] += first[k];
+  {
+    std::vector<int64_t> fill(first.begin(), first.end() - 1);
+    for (int64_t n = 0; n < N; ++n) order[fill[index ? index[n] : n]++] = n;
+  }
   // A custom op returns tensors only: an empty tensor stands for a gradient that was not requested.
   at::Tensor dx = need_x ? at::zeros_like(x) : at::empty({0}, x.options());
   at::Tensor dtheta = need_theta ? at::zeros_like(theta) : at::empty({0}, x.options());
@@ -72,9 +96,10 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_in, 
     scalar_t* dsrc = need_x ? dx.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* dth = need_theta ? dtheta.mutable_data_ptr<scalar_t>() : nullptr;
     const int64_t HW = out_h * out_w, hw = h * w;
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n) {
-        const scalar_t* img = src + n * C * hw;
+    at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t q = first[begin]; q < first[end]; ++q) {
+        const int64_t n = order[q], k = index ? index[n] : n;
+        const scalar_t* img = src + k * C * hw;
         const scalar_t* gimg = g + n * C * HW;
         for (int64_t i = 0; i < out_h; ++i) {
           for (int64_t j = 0; j < out_w; ++j) {
@@ -84,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_in, 
             scalar_t gix = 0, giy = 0;
             for (int64_t c = 0; c < C; ++c) {
               bilinear_backward<scalar_t>(b, img + c * hw, gimg[c * HW + i * out_w + j],
-                                          dsrc ? dsrc + (n * C + c) * hw : nullptr, gix, giy);
+                                          dsrc ? dsrc + (k * C + c) * hw : nullptr, gix, giy);
             }
             if (dth) {
               grid_point_backward<scalar_t>(mode, th + n * P, wts, g2, i, j, out_h, out_w, gix * b.dx_mult,
@@ -101,10 +126,12 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_in, 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(dtifast, m) {
-  m.def("warp(Tensor x, Tensor theta, Tensor? wts, int mode, int out_h, int out_w, bool border) -> Tensor");
   m.def(
-      "warp_backward(Tensor grad, Tensor x, Tensor theta, Tensor? wts, int mode, int out_h, int out_w, "
-      "bool border, bool need_x, bool need_theta) -> (Tensor, Tensor)");
+      "warp(Tensor x, Tensor theta, Tensor? wts, Tensor? index, int mode, int out_h, int out_w, bool border) "
+      "-> Tensor");
+  m.def(
+      "warp_backward(Tensor grad, Tensor x, Tensor theta, Tensor? wts, Tensor? index, int mode, int out_h, "
+      "int out_w, bool border, bool need_x, bool need_theta) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dtifast, CPU, m) {

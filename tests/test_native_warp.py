@@ -132,12 +132,70 @@ def test_bad_inputs_raise_clear_errors():
 def test_cpp_checks_guard_direct_op_calls():
     x = torch.rand(2, 3, 6, 6)
     with pytest.raises(RuntimeError, match="theta must have shape"):
-        torch.ops.dtifast.warp(x, torch.zeros(2, 5), None, 0, 4, 4, False)
+        torch.ops.dtifast.warp(x, torch.zeros(2, 5), None, None, 0, 4, 4, False)
     with pytest.raises(RuntimeError, match="wts must be given"):
-        torch.ops.dtifast.warp(x, torch.zeros(2, 16, 2), None, 2, 4, 4, False)
+        torch.ops.dtifast.warp(x, torch.zeros(2, 16, 2), None, None, 2, 4, 4, False)
 
 
 def test_opcheck_warp_op():
     x = torch.rand(2, 2, 5, 5, dtype=torch.float64, requires_grad=True)
     theta = reference.affine_matrix(torch.randn(2, 6, dtype=torch.float64) * 0.2).reshape(2, 6)
-    torch.library.opcheck(torch.ops.dtifast.warp.default, (x, theta.detach().requires_grad_(), None, 0, 4, 4, False))
+    theta = theta.detach().requires_grad_()
+    torch.library.opcheck(torch.ops.dtifast.warp.default, (x, theta, None, None, 0, 4, 4, False))
+    index = torch.tensor([1, 1, 0])
+    theta3 = torch.cat([theta.detach(), theta.detach()[:1]]).requires_grad_()
+    torch.library.opcheck(torch.ops.dtifast.warp.default, (x, theta3, None, index, 0, 4, 4, False))
+
+
+# ---- shared inputs read through an index ----------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["position", "similarity", "affine", "projective", "tps"])
+def test_index_reads_shared_inputs_like_a_gathered_copy(kind):
+    g = torch.Generator().manual_seed(21)
+    x = torch.rand(3, 2, 6, 5, generator=g, dtype=torch.float64)
+    index = torch.tensor([2, 0, 2, 1, 2, 0])
+    n_params = {"position": (3,), "similarity": (4,), "affine": (6,), "projective": (9,), "tps": (16, 2)}[kind]
+    params = 0.2 * torch.randn(6, *n_params, generator=g, dtype=torch.float64)
+    fn = getattr(native, f"warp_{kind}")
+    ref_fn = getattr(reference, f"warp_{kind}")
+    grad = torch.randn(6, 2, 7, 4, generator=g, dtype=torch.float64)
+    xs, ps = x.clone().requires_grad_(), params.clone().requires_grad_()
+    out = fn(xs, ps, (7, 4), index=index)
+    out.backward(grad)
+    xr, pr = x.clone().requires_grad_(), params.clone().requires_grad_()
+    ref = ref_fn(xr[index], pr, (7, 4))          # the gathered copy, by autograd: the gradient sums per input
+    ref.backward(grad)
+    torch.testing.assert_close(out, ref, atol=1e-13, rtol=0)
+    torch.testing.assert_close(xs.grad, xr.grad, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ps.grad, pr.grad, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ref_fn(x, params, (7, 4), index=index), ref, atol=0, rtol=0)
+
+
+def test_index_backward_is_the_same_for_one_and_two_threads():
+    x = torch.rand(4, 3, 20, 20, requires_grad=True)
+    index = torch.randint(0, 4, (64,), generator=torch.Generator().manual_seed(3))
+    params = (0.2 * torch.randn(64, 4)).requires_grad_()
+    grad = torch.randn(64, 3, 24, 24)
+    before, grads = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            grads.append(torch.autograd.grad(native.warp_similarity(x, params, (24, 24), index=index), (x, params), grad))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+
+
+def test_bad_index_is_rejected():
+    x, params = torch.rand(3, 2, 5, 5), torch.zeros(4, 3)
+    with pytest.raises(ValueError, match=r"index values must be in \[0, 3\)"):
+        native.warp_position(x, params, (4, 4), index=torch.tensor([0, 1, 2, 3]))
+    with pytest.raises(TypeError, match="index must have dtype in \\(int64\\)"):
+        native.warp_position(x, params, (4, 4), index=torch.tensor([0, 1, 2, 2], dtype=torch.int32))
+    with pytest.raises(ValueError, match=r"index must have shape \(4\)"):
+        native.warp_position(x, params, (4, 4), index=torch.tensor([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"params must have shape \(3, 3\), got \(4, 3\)"):
+        native.warp_position(x, params, (4, 4))
+    with pytest.raises(RuntimeError, match=r"index values must be in \[0, 3\)"):
+        torch.ops.dtifast.warp(x, torch.zeros(4, 6), None, torch.tensor([0, 1, 5, 2]), 0, 4, 4, False)

@@ -40,8 +40,7 @@ def _compare(kind, x, p, out_size, padding, index=None, dtype=torch.float32):
     p = p.detach().requires_grad_()
     src = x if index is None else x[index]
     ref = getattr(reference, f"warp_{kind}")(src, p, out_size, padding)
-    out = getattr(ops, f"warp_{kind}")(x, p, out_size, padding, backend="triton") if index is None else \
-        getattr(tw, f"warp_{kind}")(x, p, out_size, padding, index=index)
+    out = getattr(ops, f"warp_{kind}")(x, p, out_size, padding, index=index, backend="triton")
     assert out.shape == ref.shape and out.dtype == ref.dtype
     torch.testing.assert_close(out, ref, **TOL[dtype])
     grad = torch.randn_like(ref)

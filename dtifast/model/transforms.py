@@ -130,8 +130,15 @@ class TransformSequence(nn.Module):
                 continue
             G, B = x.shape[:2]
             p = params[i].expand(G, B, -1).reshape(G * B, -1)
-            flat = x.reshape(G * B, *x.shape[2:])
-            flat = apply_module(spec.kind, flat, p, self.out_size, self.padding, self.grid_size, self.backend)
+            if spec.kind in SPATIAL and B > 1 and x.stride(1) == 0:
+                # The same input for every image (the sprite bank expanded over the batch): the warp reads
+                # the G inputs in place through an index instead of a G·B copy, which autograd would keep.
+                index = torch.arange(G, device=x.device).repeat_interleave(B)
+                flat = apply_module(spec.kind, x[:, 0], p, self.out_size, self.padding, self.grid_size, self.backend,
+                                    index=index)
+            else:
+                flat = x.reshape(G * B, *x.shape[2:])
+                flat = apply_module(spec.kind, flat, p, self.out_size, self.padding, self.grid_size, self.backend)
             x = flat.view(G, B, *flat.shape[1:])
         return x
 
@@ -142,14 +149,17 @@ class TransformSequence(nn.Module):
 
 
 def apply_module(kind: str, x: torch.Tensor, params: torch.Tensor, out_size: Sequence[int], padding: str,
-                 grid_size: int, backend: Optional[str]) -> torch.Tensor:
-    """One transformation on a batch ``(N, C', h, w)`` with raw parameters ``(N, P)``."""
+                 grid_size: int, backend: Optional[str], index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """One transformation on a batch ``(N, C', h, w)`` with raw parameters ``(N, P)``; a warp (not the
+    colour transform) may instead read shared inputs ``(K, C', h, w)`` through ``index`` ``(N,)``."""
     if kind == "color":
+        if index is not None:
+            raise ValueError("the colour transform takes no index; pass one input per parameter row")
         return ops.color_transform(x, params, backend=backend)
     if kind == "projective":  # upstream warps homographies to the input's own size
-        return ops.warp_projective(x, params, tuple(x.shape[-2:]), padding, backend=backend)
+        return ops.warp_projective(x, params, tuple(x.shape[-2:]), padding, index=index, backend=backend)
     if kind == "tps":
         return ops.warp_tps(x, params.view(params.shape[0], -1, 2), tuple(out_size), padding, grid_size,
-                            backend=backend)
+                            index=index, backend=backend)
     warp = {"position": ops.warp_position, "similarity": ops.warp_similarity, "affine": ops.warp_affine}[kind]
-    return warp(x, params, tuple(out_size), padding, backend=backend)
+    return warp(x, params, tuple(out_size), padding, index=index, backend=backend)

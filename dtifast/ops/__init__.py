@@ -34,28 +34,29 @@ def softclip(x: torch.Tensor, slope: float = 0.01, *, backend: Optional[str] = N
 
 
 def warp_position(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], padding: str = "zeros",
-                  *, backend: Optional[str] = None) -> torch.Tensor:
-    return resolve("warp_position", backend, _device(x))[1](x, params, out_size, padding)
+                  *, index: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+    return resolve("warp_position", backend, _device(x))[1](x, params, out_size, padding, index=index)
 
 
 def warp_similarity(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], padding: str = "zeros",
-                    *, backend: Optional[str] = None) -> torch.Tensor:
-    return resolve("warp_similarity", backend, _device(x))[1](x, params, out_size, padding)
+                    *, index: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+    return resolve("warp_similarity", backend, _device(x))[1](x, params, out_size, padding, index=index)
 
 
 def warp_affine(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], padding: str = "zeros",
-                *, backend: Optional[str] = None) -> torch.Tensor:
-    return resolve("warp_affine", backend, _device(x))[1](x, params, out_size, padding)
+                *, index: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+    return resolve("warp_affine", backend, _device(x))[1](x, params, out_size, padding, index=index)
 
 
 def warp_projective(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], padding: str = "zeros",
-                    *, backend: Optional[str] = None) -> torch.Tensor:
-    return resolve("warp_projective", backend, _device(x))[1](x, params, out_size, padding)
+                    *, index: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+    return resolve("warp_projective", backend, _device(x))[1](x, params, out_size, padding, index=index)
 
 
 def warp_tps(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], padding: str = "zeros",
-             grid_size: int = 4, *, backend: Optional[str] = None) -> torch.Tensor:
-    return resolve("warp_tps", backend, _device(x))[1](x, params, out_size, padding, grid_size)
+             grid_size: int = 4, *, index: Optional[torch.Tensor] = None, backend: Optional[str] = None
+             ) -> torch.Tensor:
+    return resolve("warp_tps", backend, _device(x))[1](x, params, out_size, padding, grid_size, index=index)
 
 
 def color_transform(x: torch.Tensor, params: torch.Tensor, slope: float = 0.01, *,

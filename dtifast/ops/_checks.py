@@ -99,6 +99,36 @@ def check_warp_inputs(x: torch.Tensor, params: torch.Tensor, n_params: int | tup
     return check_out_size(out_size)
 
 
+def check_index(index: Optional[torch.Tensor], n_inputs: int, n_outputs: int, device: torch.device) -> None:
+    """Validate an optional input index: int64 ``(n_outputs,)`` with values in ``[0, n_inputs)``."""
+    if index is None:
+        if n_inputs != n_outputs:
+            raise ValueError(f"without an index, x and params must have the same length, got {n_inputs} images "
+                             f"and {n_outputs} parameter rows")
+        return
+    check_tensor(index, "index", ndim=1, dtypes=(torch.int64,))
+    check_shape(index, "index", (n_outputs,))
+    if index.device != device:
+        raise ValueError(f"index is on {index.device} but x is on {device}")
+    if n_outputs and not _is_meta(index) and (int(index.min()) < 0 or int(index.max()) >= n_inputs):
+        raise ValueError(f"index values must be in [0, {n_inputs}), got range "
+                         f"[{int(index.min())}, {int(index.max())}]")
+
+
+def check_indexed_warp_inputs(x: torch.Tensor, params: torch.Tensor, n_params: int | tuple[int, ...],
+                              out_size: object, padding: object, index: Optional[torch.Tensor]) -> tuple[int, int]:
+    """:func:`check_warp_inputs` where, with ``index`` ``(N,)``, ``x`` ``(K, C, h, w)`` holds K shared
+    inputs and output n warps ``x[index[n]]``; returns ``out_size``."""
+    check_tensor(x, "x", ndim=4)
+    check_tensor(params, "params")
+    rows = params.shape[0] if params.dim() else 0
+    # check_warp_inputs ties params to x's batch; with an index, x holds the shared inputs instead.
+    x_view = x if index is None else x[:1].expand(rows, *x.shape[1:])
+    out_size = check_warp_inputs(x_view, params, n_params, out_size, padding)
+    check_index(index, x.shape[0], rows, x.device)
+    return out_size
+
+
 def check_color_inputs(x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Validate the colour transform's ``x`` ``(N, C + E, h, w)`` and ``params`` ``(N, 2·C)``.
 

@@ -14,7 +14,7 @@ from dtifast import _C  # noqa: F401  (registers torch.ops.dtifast.*)
 
 from . import reference
 from ._checks import (check_color_inputs, check_composite_inputs, check_greedy_options, check_image_candidates,
-                      check_sprite_space_inputs, check_tensor, check_warp_inputs)
+                      check_indexed_warp_inputs, check_sprite_space_inputs, check_tensor)
 
 _NATIVE_DTYPES = (torch.float32, torch.float64)
 _MAX_LAYERS = 16  # csrc/composite.h kMaxLayers: per-pixel layer state lives in registers/stack
@@ -125,75 +125,76 @@ _AFFINE, _PROJECTIVE, _TPS = 0, 1, 2  # csrc/sampling.h WarpMode
 
 
 @torch.library.register_fake("dtifast::warp")
-def _warp_fake(x, theta, wts, mode, out_h, out_w, border):
-    return x.new_empty(x.shape[0], x.shape[1], out_h, out_w)
+def _warp_fake(x, theta, wts, index, mode, out_h, out_w, border):
+    return x.new_empty(theta.shape[0], x.shape[1], out_h, out_w)
 
 
 @torch.library.register_fake("dtifast::warp_backward")
-def _warp_backward_fake(grad, x, theta, wts, mode, out_h, out_w, border, need_x, need_theta):
+def _warp_backward_fake(grad, x, theta, wts, index, mode, out_h, out_w, border, need_x, need_theta):
     return (torch.empty_like(x, memory_format=torch.contiguous_format) if need_x else x.new_empty(0),
             torch.empty_like(theta, memory_format=torch.contiguous_format) if need_theta else x.new_empty(0))
 
 
 def _warp_setup_context(ctx, inputs, output):
-    x, theta, wts, mode, out_h, out_w, border = inputs
-    ctx.save_for_backward(x, theta, wts)
+    x, theta, wts, index, mode, out_h, out_w, border = inputs
+    ctx.save_for_backward(x, theta, wts, index)
     ctx.meta = (mode, out_h, out_w, border)
 
 
 def _warp_backward(ctx, grad):
-    x, theta, wts = ctx.saved_tensors
+    x, theta, wts, index = ctx.saved_tensors
     need_x, need_theta = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    dx, dtheta = torch.ops.dtifast.warp_backward(grad, x, theta, wts, *ctx.meta, need_x, need_theta)
-    return (dx if need_x else None), (dtheta if need_theta else None), None, None, None, None, None
+    dx, dtheta = torch.ops.dtifast.warp_backward(grad, x, theta, wts, index, *ctx.meta, need_x, need_theta)
+    return (dx if need_x else None), (dtheta if need_theta else None), None, None, None, None, None, None
 
 
 torch.library.register_autograd("dtifast::warp", _warp_backward, setup_context=_warp_setup_context)
 
 
 def _warp(x: torch.Tensor, theta: torch.Tensor, wts: Optional[torch.Tensor], mode: int, out_size: tuple[int, int],
-          padding: str) -> torch.Tensor:
+          padding: str, index: Optional[torch.Tensor]) -> torch.Tensor:
     _check_native(x, "x")
-    return torch.ops.dtifast.warp(x, theta, wts, mode, out_size[0], out_size[1], padding == "border")
+    return torch.ops.dtifast.warp(x, theta, wts, index, mode, out_size[0], out_size[1], padding == "border")
 
 
 def warp_position(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
-                  padding: str = "zeros") -> torch.Tensor:
+                  padding: str = "zeros", *, index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Native :func:`dtifast.ops.reference.warp_position`: same convention (``F.affine_grid`` pixel
-    centres, ``align_corners=False`` bilinear), arguments ``x`` ``(N, C, h, w)``, ``params`` ``(N, 3)``
-    and result ``(N, C, H, W)``; the grid is computed on the fly, never stored."""
-    out_size = check_warp_inputs(x, params, 3, out_size, padding)
-    return _warp(x, reference.position_matrix(params).reshape(-1, 6), None, _AFFINE, out_size, padding)
+    centres, ``align_corners=False`` bilinear), arguments ``x`` ``(N, C, h, w)`` (or ``(K, C, h, w)`` read
+    through ``index`` ``(N,)`` in place), ``params`` ``(N, 3)`` and result ``(N, C, H, W)``; the grid is
+    computed on the fly, never stored."""
+    out_size = check_indexed_warp_inputs(x, params, 3, out_size, padding, index)
+    return _warp(x, reference.position_matrix(params).reshape(-1, 6), None, _AFFINE, out_size, padding, index)
 
 
 def warp_similarity(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
-                    padding: str = "zeros") -> torch.Tensor:
+                    padding: str = "zeros", *, index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Native :func:`dtifast.ops.reference.warp_similarity`; ``params`` ``(N, 4)`` as ``(a, b, tx, ty)``."""
-    out_size = check_warp_inputs(x, params, 4, out_size, padding)
-    return _warp(x, reference.similarity_matrix(params).reshape(-1, 6), None, _AFFINE, out_size, padding)
+    out_size = check_indexed_warp_inputs(x, params, 4, out_size, padding, index)
+    return _warp(x, reference.similarity_matrix(params).reshape(-1, 6), None, _AFFINE, out_size, padding, index)
 
 
 def warp_affine(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
-                padding: str = "zeros") -> torch.Tensor:
+                padding: str = "zeros", *, index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Native :func:`dtifast.ops.reference.warp_affine`; ``params`` ``(N, 6)``, the 2×3 matrix row-major."""
-    out_size = check_warp_inputs(x, params, 6, out_size, padding)
-    return _warp(x, reference.affine_matrix(params).reshape(-1, 6), None, _AFFINE, out_size, padding)
+    out_size = check_indexed_warp_inputs(x, params, 6, out_size, padding, index)
+    return _warp(x, reference.affine_matrix(params).reshape(-1, 6), None, _AFFINE, out_size, padding, index)
 
 
 def warp_projective(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
-                    padding: str = "zeros") -> torch.Tensor:
+                    padding: str = "zeros", *, index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Native :func:`dtifast.ops.reference.warp_projective`.
 
     **Convention:** output pixels on ``linspace(-1, 1)`` per axis (kornia 0.3, not pixel centres),
     ``(u, v, w) = H·(x, y, 1)``, sample at ``(u/w, v/w)`` or ``(u, v)`` where ``|w| <= 1e-8``;
     ``params`` ``(N, 9)`` row-major, ``H = params + I``.
     """
-    out_size = check_warp_inputs(x, params, 9, out_size, padding)
-    return _warp(x, reference.projective_matrix(params).reshape(-1, 9), None, _PROJECTIVE, out_size, padding)
+    out_size = check_indexed_warp_inputs(x, params, 9, out_size, padding, index)
+    return _warp(x, reference.projective_matrix(params).reshape(-1, 9), None, _PROJECTIVE, out_size, padding, index)
 
 
 def warp_tps(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], padding: str = "zeros",
-             grid_size: int = 4) -> torch.Tensor:
+             grid_size: int = 4, *, index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Native :func:`dtifast.ops.reference.warp_tps`: ``params`` ``(N, grid_size², 2)`` offsets (or flat
     ``(N, 2·grid_size²)``); the kernel evaluates ``W @ (control points + params)`` per pixel with the
     reference's ``(H·W, grid_size²)`` matrix W."""
@@ -201,10 +202,10 @@ def warp_tps(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], p
         raise ValueError(f"grid_size must be an int >= 2, got {grid_size!r}")
     if isinstance(params, torch.Tensor) and params.dim() == 2 and params.shape[1] == 2 * grid_size ** 2:
         params = params.view(params.shape[0], grid_size ** 2, 2)
-    out_size = check_warp_inputs(x, params, (grid_size ** 2, 2), out_size, padding)
+    out_size = check_indexed_warp_inputs(x, params, (grid_size ** 2, 2), out_size, padding, index)
     source = reference.tps_control_points(grid_size, params.dtype, params.device) + params
     wts = reference.tps_weights(grid_size, out_size, params.dtype, params.device)
-    return _warp(x, source, wts, _TPS, out_size, padding)
+    return _warp(x, source, wts, _TPS, out_size, padding, index)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import (check_candidate_inputs, check_color_inputs, check_composite_inputs, check_image_candidates,
-                      check_shape, check_tensor, check_warp_inputs)
+                      check_indexed_warp_inputs, check_shape, check_tensor)
 
 __all__ = [
     "softclip", "position_matrix", "similarity_matrix", "affine_matrix", "projective_matrix",
@@ -102,6 +102,11 @@ def projective_matrix(params: torch.Tensor) -> torch.Tensor:
 # Warps
 # ----------------------------------------------------------------------------------------------------
 
+def _gather(x: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+    # The reference materialises x[index]; the fused backends read the shared inputs in place.
+    return x if index is None else x[index]
+
+
 def _sample(x: torch.Tensor, grid: torch.Tensor, padding: str) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
 
@@ -112,7 +117,7 @@ def _affine_warp(x: torch.Tensor, theta: torch.Tensor, out_size: tuple[int, int]
 
 
 def warp_position(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
-                  padding: str = "zeros") -> torch.Tensor:
+                  padding: str = "zeros", *, index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Warp by a position transform (isotropic scale and translation).
 
     .. math:: A = \\begin{bmatrix} e^s + 1 & 0 & t_x \\\\ 0 & e^s + 1 & t_y \\end{bmatrix}
@@ -121,10 +126,12 @@ def warp_position(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, in
     ``align_corners=False``, so pixel centres) map to input coordinates ``A·(x, y, 1)``; bilinear sampling.
 
     Args:
-        x: images ``(N, C, h, w)``.
+        x: images ``(N, C, h, w)``, or ``(K, C, h, w)`` shared inputs with ``index``.
         params: raw head outputs ``(N, 3)`` as ``(s, tx, ty)``.
         out_size: ``(H, W)`` of the output.
         padding: ``"zeros"`` or ``"border"``.
+        index: optional int64 ``(N,)``: output n warps ``x[index[n]]`` (every warp takes it; the fused
+            backends read the K inputs in place instead of copying them N times).
 
     Returns:
         ``(N, C, H, W)``.
@@ -133,29 +140,32 @@ def warp_position(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, in
         >>> warp_position(torch.rand(2, 4, 8, 8), torch.zeros(2, 3), (16, 16)).shape
         torch.Size([2, 4, 16, 16])
     """
-    out_size = check_warp_inputs(x, params, 3, out_size, padding)
+    out_size = check_indexed_warp_inputs(x, params, 3, out_size, padding, index)
+    x = _gather(x, index)
     return _affine_warp(x, position_matrix(params), out_size, padding)
 
 
 def warp_similarity(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
-                    padding: str = "zeros") -> torch.Tensor:
+                    padding: str = "zeros", *, index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Warp by a similarity: ``A = [[a + 1, -b, tx], [b, a + 1, ty]]``.
 
     Same convention, arguments and return as :func:`warp_position`, with ``params`` ``(N, 4)`` as
     ``(a, b, tx, ty)``.
     """
-    out_size = check_warp_inputs(x, params, 4, out_size, padding)
+    out_size = check_indexed_warp_inputs(x, params, 4, out_size, padding, index)
+    x = _gather(x, index)
     return _affine_warp(x, similarity_matrix(params), out_size, padding)
 
 
 def warp_affine(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
-                padding: str = "zeros") -> torch.Tensor:
+                padding: str = "zeros", *, index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Warp by an affine map ``A = params.view(2, 3) + [I | 0]``.
 
     Same convention, arguments and return as :func:`warp_position`, with ``params`` ``(N, 6)`` holding
     the 2×3 matrix row-major.
     """
-    out_size = check_warp_inputs(x, params, 6, out_size, padding)
+    out_size = check_indexed_warp_inputs(x, params, 6, out_size, padding, index)
+    x = _gather(x, index)
     return _affine_warp(x, affine_matrix(params), out_size, padding)
 
 
@@ -192,7 +202,7 @@ def projective_grid(homography: torch.Tensor, out_size: tuple[int, int]) -> torc
 
 
 def warp_projective(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],
-                    padding: str = "zeros") -> torch.Tensor:
+                    padding: str = "zeros", *, index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Warp by a homography ``H = params.view(3, 3) + I``.
 
     **Convention:** see :func:`projective_grid` (output points on ``linspace(-1, 1)``, as upstream's
@@ -212,7 +222,8 @@ def warp_projective(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, 
         >>> warp_projective(torch.rand(1, 3, 5, 5), torch.zeros(1, 9), (5, 5)).shape
         torch.Size([1, 3, 5, 5])
     """
-    out_size = check_warp_inputs(x, params, 9, out_size, padding)
+    out_size = check_indexed_warp_inputs(x, params, 9, out_size, padding, index)
+    x = _gather(x, index)
     return _sample(x, projective_grid(projective_matrix(params), out_size), padding)
 
 
@@ -281,7 +292,7 @@ def tps_grid(params: torch.Tensor, out_size: tuple[int, int], grid_size: int = 4
 
 
 def warp_tps(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], padding: str = "zeros",
-             grid_size: int = 4) -> torch.Tensor:
+             grid_size: int = 4, *, index: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Warp by a thin-plate spline through ``grid_size²`` control points (see :func:`tps_grid`).
 
     Args:
@@ -291,6 +302,7 @@ def warp_tps(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], p
         out_size: ``(H, W)``.
         padding: ``"zeros"`` or ``"border"``.
         grid_size: control points per axis (upstream: 4).
+        index: as in :func:`warp_position`.
 
     Returns:
         ``(N, C, H, W)``.
@@ -303,7 +315,8 @@ def warp_tps(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], p
         raise ValueError(f"grid_size must be an int >= 2, got {grid_size!r}")
     if isinstance(params, torch.Tensor) and params.dim() == 2 and params.shape[1] == 2 * grid_size ** 2:
         params = params.view(params.shape[0], grid_size ** 2, 2)
-    out_size = check_warp_inputs(x, params, (grid_size ** 2, 2), out_size, padding)
+    out_size = check_indexed_warp_inputs(x, params, (grid_size ** 2, 2), out_size, padding, index)
+    x = _gather(x, index)
     return _sample(x, tps_grid(params, out_size, grid_size), padding)
 
 

@@ -19,9 +19,9 @@ import torch
 from dtifast.kernels import warp as kw
 
 from . import reference
-from ._checks import check_shape, check_tensor, check_warp_inputs
+from ._checks import check_indexed_warp_inputs
 
-__all__ = ["warp_position", "warp_similarity", "warp_affine", "warp_projective", "warp_tps", "check_index"]
+__all__ = ["warp_position", "warp_similarity", "warp_affine", "warp_projective", "warp_tps"]
 
 _MODE = {"position": kw.AFFINE, "similarity": kw.AFFINE, "affine": kw.AFFINE, "projective": kw.PROJECTIVE,
          "tps": kw.TPS}
@@ -112,31 +112,9 @@ def _register(kind: str) -> Callable:
 _OPS = {kind: _register(kind) for kind in _MODE}
 
 
-def check_index(index: Optional[torch.Tensor], n_inputs: int, n_outputs: int, device: torch.device) -> None:
-    """Validate an optional input index: int64 ``(n_outputs,)`` with values in ``[0, n_inputs)``."""
-    if index is None:
-        if n_inputs != n_outputs:
-            raise ValueError(f"without an index, x and params must have the same length, got {n_inputs} images "
-                             f"and {n_outputs} parameter rows")
-        return
-    check_tensor(index, "index", ndim=1, dtypes=(torch.int64,))
-    check_shape(index, "index", (n_outputs,))
-    if index.device != device:
-        raise ValueError(f"index is on {index.device} but x is on {device}")
-    if n_outputs and (int(index.min()) < 0 or int(index.max()) >= n_inputs):
-        raise ValueError(f"index values must be in [0, {n_inputs}), got range "
-                         f"[{int(index.min())}, {int(index.max())}]")
-
-
 def _warp(kind: str, x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], padding: str,
           index: Optional[torch.Tensor], n_params) -> torch.Tensor:
-    check_tensor(x, "x", ndim=4)
-    check_tensor(params, "params")
-    rows = params.shape[0] if params.dim() else 0
-    # check_warp_inputs ties params to x's batch; with an index, x holds the shared inputs instead.
-    x_view = x if index is None else x[:1].expand(rows, *x.shape[1:])
-    out_size = check_warp_inputs(x_view, params, n_params, out_size, padding)
-    check_index(index, x.shape[0], rows, x.device)
+    out_size = check_indexed_warp_inputs(x, params, n_params, out_size, padding, index)
     return _OPS[kind](x, params, index, out_size[0], out_size[1], padding == "border")
 
 
