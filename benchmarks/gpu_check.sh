@@ -17,7 +17,7 @@ TTQ_SECONDS=${TTQ_SECONDS:-600}
 if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   PY=.venv/bin/python
 fi
-if ! $PY -c "import dtifast._C" 2>/dev/null; then
+if ! $PY -c "import torch, dtifast._C" 2>/dev/null; then
   $PY -m pip install -q --no-build-isolation -e ".[dev]" || make install
 fi
 $PY -c "import torch, triton; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.cuda.get_device_name(), torch.__version__, triton.__version__)"
