@@ -24,7 +24,9 @@ __all__ = ["PositionWarp", "SimilarityWarp", "AffineWarp", "ProjectiveWarp", "TP
 
 
 class _Warp(nn.Module):
-    """A warp of ``(N, C, h, w)`` images by ``(N, P)`` raw parameters to ``out_size``."""
+    """A warp of ``(N, C, h, w)`` images by ``(N, P)`` raw parameters to ``out_size``; with ``index``
+    ``(N,)`` int64, ``x`` is ``(K, C, h, w)`` shared inputs and output n warps ``x[index[n]]`` (read in
+    place by the fused backends)."""
 
     _op = staticmethod(ops.warp_affine)
 
@@ -34,8 +36,8 @@ class _Warp(nn.Module):
         self.padding = check_padding(padding)
         self.backend = backend
 
-    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        return self._op(x, params, self.out_size, self.padding, backend=self.backend)
+    def forward(self, x: torch.Tensor, params: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self._op(x, params, self.out_size, self.padding, index=index, backend=self.backend)
 
     def extra_repr(self) -> str:
         return f"out_size={self.out_size}, padding={self.padding!r}, backend={self.backend!r}"
@@ -75,8 +77,8 @@ class TPSWarp(_Warp):
             raise ValueError(f"grid_size must be an int >= 2, got {grid_size!r}")
         self.grid_size = grid_size
 
-    def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        return ops.warp_tps(x, params, self.out_size, self.padding, self.grid_size, backend=self.backend)
+    def forward(self, x: torch.Tensor, params: torch.Tensor, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return ops.warp_tps(x, params, self.out_size, self.padding, self.grid_size, index=index, backend=self.backend)
 
 
 class LayerCompositor(nn.Module):

@@ -24,6 +24,9 @@ def test_warp_modules_call_the_fused_ops(module, n_params, ref, device):
     x, p = torch.rand(2, 3, 5, 5, device=device), 0.2 * torch.randn(2, *n_params, device=device)
     torch.testing.assert_close(warp(x, p), ref(x, p, (6, 7), "border"), atol=1e-5, rtol=1e-5)
     assert "backend='triton'" in repr(warp)
+    index = torch.tensor([1, 0, 1], device=device)
+    p3 = 0.2 * torch.randn(3, *n_params, device=device)
+    torch.testing.assert_close(warp(x, p3, index), ref(x[index], p3, (6, 7), "border"), atol=1e-5, rtol=1e-5)
 
 
 def test_compositor_selector_and_render_loss_modules(device):
