@@ -25,10 +25,17 @@ RTOL = 1e-8
 STAGES = ("initial", "all_active")
 
 
-@pytest.fixture(params=["torch", None], ids=["torch", "default"])
-def backend_override(request):
-    """Every backend that exists on this machine: the eager reference and the device's default."""
-    return request.param
+def _fidelity_cases():
+    """(config, backend) pairs: every config through the eager reference (``torch``) and the device's
+    default (``None``: the C++ kernels on the CPU), and through the Triton kernels, which run here in
+    Triton's interpreter: CLEVR6-mini takes ~10 minutes there, so it is marked slow (the other three
+    configs exercise the same Triton kernels)."""
+    cases = []
+    for name in CONFIGS:
+        cases += [pytest.param(name, "torch", id=f"torch-{name}"), pytest.param(name, None, id=f"default-{name}")]
+        marks = [pytest.mark.slow] if name == "clevr6-mini" else []
+        cases.append(pytest.param(name, "triton", id=f"triton-{name}", marks=marks))
+    return cases
 
 
 def _load(shared_dir, name):
@@ -124,12 +131,14 @@ def _check_train(model, x, exp, stage):
             f"{stage}: gradient norm of {name}: {got!r} vs upstream {want!r}"
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-def test_matches_upstream_outputs(shared_dir, name, backend_override):
+@pytest.mark.parametrize("name,backend", _fidelity_cases())
+def test_matches_upstream_outputs(shared_dir, name, backend):
+    if backend == "triton":
+        pytest.importorskip("triton", reason="the Triton backend needs triton")
     meta, ckpt, exp = _load(shared_dir, name)
     model = load_upstream_checkpoint(_initial_checkpoint(ckpt, meta), img_size=meta["img_size"],
                                      dtype=torch.float64)
-    model.backend = backend_override
+    model.backend = backend
     _recipe_running_stats(model, ckpt, meta)
     x = exp["x"]
     _check_eval(model, x, exp, "initial")
