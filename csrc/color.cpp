@@ -25,6 +25,22 @@ void check_color(const at::Tensor& x, const at::Tensor& params) {
               "params must be (N, 2 * n_color) with n_color <= x.size(1) = ", x.size(1), ", got ", params.sizes());
 }
 
+// Runs colour(n, c, plane) for every colour plane (c < n_color) and extra(plane) for the others, in parallel
+// over the (image, channel) planes of an (N, CE, hw) tensor.
+template <typename Colour, typename Extra>
+void for_each_plane(int64_t N, int64_t CE, int64_t hw, int64_t n_color, const Colour& colour, const Extra& extra) {
+  at::parallel_for(0, N * CE, std::max<int64_t>(1, 16384 / std::max<int64_t>(hw, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t plane = begin; plane < end; ++plane) {
+      const int64_t n = plane / CE, c = plane % CE;
+      if (c < n_color) {
+        colour(n, c, plane);
+      } else {
+        extra(plane);
+      }
+    }
+  });
+}
+
 at::Tensor color_transform_cpu(const at::Tensor& x_in, const at::Tensor& params_in, double slope) {
   check_color(x_in, params_in);
   const at::Tensor x = x_in.contiguous(), params = params_in.contiguous();
@@ -35,19 +51,15 @@ at::Tensor color_transform_cpu(const at::Tensor& x_in, const at::Tensor& params_
     const scalar_t* par = params.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     const scalar_t s = static_cast<scalar_t>(slope);
-    at::parallel_for(0, N * CE, std::max<int64_t>(1, 16384 / std::max<int64_t>(hw, 1)), [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / CE, c = row % CE;
-        const scalar_t* xr = src + row * hw;
-        scalar_t* yr = dst + row * hw;
-        if (c >= n_color) {
-          std::copy(xr, xr + hw, yr);
-          continue;
-        }
-        const scalar_t gain = scalar_t(1) + par[n * 2 * n_color + 2 * c], bias = par[n * 2 * n_color + 2 * c + 1];
-        for (int64_t p = 0; p < hw; ++p) yr[p] = softclip_value(gain * xr[p] + bias, s);
-      }
-    });
+    for_each_plane(
+        N, CE, hw, n_color,
+        [&](int64_t n, int64_t c, int64_t plane) {
+          const scalar_t* xr = src + plane * hw;
+          scalar_t* yr = dst + plane * hw;
+          const scalar_t gain = scalar_t(1) + par[n * 2 * n_color + 2 * c], bias = par[n * 2 * n_color + 2 * c + 1];
+          for (int64_t p = 0; p < hw; ++p) yr[p] = softclip_value(gain * xr[p] + bias, s);
+        },
+        [&](int64_t plane) { std::copy(src + plane * hw, src + (plane + 1) * hw, dst + plane * hw); });
   });
   return out;
 }
@@ -67,28 +79,24 @@ std::tuple<at::Tensor, at::Tensor> color_transform_backward_cpu(const at::Tensor
     scalar_t* dsrc = dx.mutable_data_ptr<scalar_t>();
     scalar_t* dpar = dparams.mutable_data_ptr<scalar_t>();
     const scalar_t s = static_cast<scalar_t>(slope);
-    at::parallel_for(0, N * CE, std::max<int64_t>(1, 16384 / std::max<int64_t>(hw, 1)), [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / CE, c = row % CE;
-        const scalar_t* xr = src + row * hw;
-        const scalar_t* gr = g + row * hw;
-        scalar_t* dr = dsrc + row * hw;
-        if (c >= n_color) {
-          std::copy(gr, gr + hw, dr);
-          continue;
-        }
-        const scalar_t gain = scalar_t(1) + par[n * 2 * n_color + 2 * c], bias = par[n * 2 * n_color + 2 * c + 1];
-        scalar_t dgain = 0, dbias = 0;
-        for (int64_t p = 0; p < hw; ++p) {
-          const scalar_t dpre = gr[p] * softclip_grad(gain * xr[p] + bias, s);
-          dr[p] = dpre * gain;
-          dgain += dpre * xr[p];
-          dbias += dpre;
-        }
-        dpar[n * 2 * n_color + 2 * c] = dgain;
-        dpar[n * 2 * n_color + 2 * c + 1] = dbias;
-      }
-    });
+    for_each_plane(
+        N, CE, hw, n_color,
+        [&](int64_t n, int64_t c, int64_t plane) {
+          const scalar_t* xr = src + plane * hw;
+          const scalar_t* gr = g + plane * hw;
+          scalar_t* dr = dsrc + plane * hw;
+          const scalar_t gain = scalar_t(1) + par[n * 2 * n_color + 2 * c], bias = par[n * 2 * n_color + 2 * c + 1];
+          scalar_t dgain = 0, dbias = 0;
+          for (int64_t p = 0; p < hw; ++p) {
+            const scalar_t dpre = gr[p] * softclip_grad(gain * xr[p] + bias, s);
+            dr[p] = dpre * gain;
+            dgain += dpre * xr[p];
+            dbias += dpre;
+          }
+          dpar[n * 2 * n_color + 2 * c] = dgain;
+          dpar[n * 2 * n_color + 2 * c + 1] = dbias;
+        },
+        [&](int64_t plane) { std::copy(g + plane * hw, g + (plane + 1) * hw, dsrc + plane * hw); });
   });
   return {dx, dparams};
 }
