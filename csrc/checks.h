@@ -92,6 +92,27 @@ inline Dims check_render(const at::Tensor& x, const at::Tensor& sprites, const a
   return d;
 }
 
+// The render loss's input gradients as the CPU kernel and the CUDA binding both fill them: zeros where the
+// kernel accumulates (sprites, theta, occlusion, background), uninitialised where every element is written
+// once (x, noise), and an empty tensor for a gradient that was not asked for (a custom op returns tensors).
+struct RenderGrads {
+  at::Tensor x, sprites, theta, occ, bg, noise;
+  std::vector<at::Tensor> list() const { return {x, sprites, theta, occ, bg, noise}; }
+};
+
+inline RenderGrads render_grad_buffers(const at::Tensor& x, const at::Tensor& sprites, const at::Tensor& theta,
+                                       const at::Tensor& occ, const at::Tensor& bg, const at::Tensor& noise,
+                                       bool need_x, bool need_sprites, bool need_theta, bool need_occ, bool need_bg,
+                                       bool need_noise) {
+  const at::Tensor empty = at::empty({0}, x.options());
+  return {need_x ? at::empty_like(x) : empty,
+          need_sprites ? at::zeros_like(sprites) : empty,
+          need_theta ? at::zeros_like(theta) : empty,
+          need_occ ? at::zeros_like(occ) : empty,
+          need_bg && bg.defined() ? at::zeros_like(bg) : empty,
+          need_noise && noise.defined() ? at::empty_like(noise) : empty};
+}
+
 inline void check_greedy(const at::Tensor& x_in, const at::Tensor& sprites_in, const at::Tensor& theta_in,
                          const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in, int64_t n_iter,
                          const std::optional<at::Tensor>& penalty_in, const std::optional<at::Tensor>& noise_in,

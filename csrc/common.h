@@ -1,5 +1,6 @@
-// ATen-side helpers shared by the CPU op files: input checks (TORCH_CHECK mirrors of dtifast/ops/_checks.py)
-// and the grain sizes. The Python wrappers validate first; these make a direct torch.ops call safe too.
+// ATen-side helpers shared by the CPU op files and the CUDA bindings: input checks (TORCH_CHECK mirrors of
+// dtifast/ops/_checks.py), optional-tensor access and the grain sizes. The Python wrappers validate first;
+// these make a direct torch.ops call safe too.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -32,6 +33,11 @@ inline void check_like(const at::Tensor& t, const char* name, const at::Tensor& 
   TORCH_CHECK(t.device() == ref.device(), name, " must be on ", ref.device(), ", got ", t.device());
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, " must have dtype ", ref.scalar_type(), ", got ",
               t.scalar_type());
+}
+
+// An optional tensor made contiguous, or an undefined tensor.
+inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
 }
 
 // Data pointer of an optional tensor made contiguous (kept alive in `holder`), or nullptr.

@@ -90,10 +90,6 @@ RenderPass<scalar_t> make_pass(const Dims& d, const at::Tensor& x, const at::Ten
           noise.defined() ? noise.const_data_ptr<scalar_t>() : nullptr};
 }
 
-at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
-}
-
 at::Tensor render_loss_cpu(const at::Tensor& x_in, const at::Tensor& sprites_in, const at::Tensor& theta_in,
                            const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in,
                            const std::optional<at::Tensor>& noise_in) {
@@ -126,25 +122,19 @@ std::vector<at::Tensor> render_loss_backward_cpu(const at::Tensor& grad, const a
   const at::Tensor x = x_in.contiguous(), sprites = sprites_in.contiguous(), theta = theta_in.contiguous(),
                    occ = occ_in.contiguous(), bg = contiguous_or_undefined(bg_in),
                    noise = contiguous_or_undefined(noise_in);
-  const auto empty = at::empty({0}, x.options());
-  // Every image writes its own slice of each gradient, except the sprites and theta, which it accumulates.
-  at::Tensor dx = need_x ? at::empty_like(x) : empty;
-  at::Tensor dsprites = need_sprites ? at::zeros_like(sprites) : empty;
-  at::Tensor dtheta = need_theta ? at::zeros_like(theta) : empty;
-  at::Tensor docc = need_occ ? at::zeros_like(occ) : empty;
-  at::Tensor dbg = need_bg && bg.defined() ? at::zeros_like(bg) : empty;
-  at::Tensor dnoise = need_noise && noise.defined() ? at::empty_like(noise) : empty;
+  RenderGrads g = render_grad_buffers(x, sprites, theta, occ, bg, noise, need_x, need_sprites, need_theta, need_occ,
+                                      need_bg, need_noise);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "render_loss_backward_cpu", [&] {
     const auto pass = make_pass<scalar_t>(d, x, sprites, theta, occ, bg, noise);
     auto ptr = [](at::Tensor& t) { return t.numel() ? t.mutable_data_ptr<scalar_t>() : nullptr; };
     const typename RenderPass<scalar_t>::Grads grads{
         static_cast<scalar_t>(grad.item<double>() / static_cast<double>(d.B * d.C * d.H * d.W)),
-        ptr(dx), ptr(dsprites), ptr(dtheta), ptr(docc), ptr(dbg), ptr(dnoise)};
+        ptr(g.x), ptr(g.sprites), ptr(g.theta), ptr(g.occ), ptr(g.bg), ptr(g.noise)};
     at::parallel_for(0, d.B, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) pass.image(b, &grads);
     });
   });
-  return {dx, dsprites, dtheta, docc, dbg, dnoise};
+  return g.list();
 }
 
 }  // namespace

@@ -14,10 +14,6 @@ namespace cuda {
 
 inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream(); }
 
-inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
-}
-
 // Pointer of an input that may be absent (undefined), or null.
 template <typename T>
 const T* in_ptr(const at::Tensor& t) {

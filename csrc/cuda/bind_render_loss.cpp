@@ -49,24 +49,19 @@ std::vector<at::Tensor> render_loss_backward_cuda(const at::Tensor& grad, const 
   const at::Tensor x = x_in.contiguous(), sprites = sprites_in.contiguous(), theta = theta_in.contiguous(),
                    occ = occ_in.contiguous(), bg = contiguous_or_undefined(bg_in),
                    noise = contiguous_or_undefined(noise_in);
-  const auto empty = at::empty({0}, x.options());
-  at::Tensor dx = need_x ? at::empty_like(x) : empty;
-  at::Tensor dsprites = need_sprites ? at::zeros_like(sprites) : empty;
-  at::Tensor dtheta = need_theta ? at::zeros_like(theta) : empty;
-  at::Tensor docc = need_occ ? at::zeros_like(occ) : empty;
-  at::Tensor dbg = need_bg && bg.defined() ? at::zeros_like(bg) : empty;
-  at::Tensor dnoise = need_noise && noise.defined() ? at::empty_like(noise) : empty;
+  RenderGrads g = render_grad_buffers(x, sprites, theta, occ, bg, noise, need_x, need_sprites, need_theta, need_occ,
+                                      need_bg, need_noise);
   // The loss gradient is one number; reading it costs one device sync per backward.
   const double scale = grad.item<double>() / static_cast<double>(d.B * d.C * d.H * d.W);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "render_loss_backward_cuda", [&] {
     launch_render_loss_backward<scalar_t>(
         x.const_data_ptr<scalar_t>(), sprites.const_data_ptr<scalar_t>(), theta.const_data_ptr<scalar_t>(),
         occ.const_data_ptr<scalar_t>(), in_ptr<scalar_t>(bg), in_ptr<scalar_t>(noise), static_cast<scalar_t>(scale),
-        out_ptr<scalar_t>(dx), out_ptr<scalar_t>(dsprites), out_ptr<scalar_t>(dtheta), out_ptr<scalar_t>(docc),
-        out_ptr<scalar_t>(dbg), out_ptr<scalar_t>(dnoise), render_dims(d), current_stream());
+        out_ptr<scalar_t>(g.x), out_ptr<scalar_t>(g.sprites), out_ptr<scalar_t>(g.theta), out_ptr<scalar_t>(g.occ),
+        out_ptr<scalar_t>(g.bg), out_ptr<scalar_t>(g.noise), render_dims(d), current_stream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {dx, dsprites, dtheta, docc, dbg, dnoise};
+  return g.list();
 }
 
 }  // namespace
