@@ -9,15 +9,23 @@ namespace dtifast {
 namespace cuda {
 namespace {
 
+// The bilinear taps of output pixel p = (i, j) of image n (both kernels start from them).
+template <typename T>
+__device__ __forceinline__ Bilinear<T> output_taps(int mode, const T* theta, const T* wts, int64_t n, int64_t p,
+                                                   int64_t h, int64_t w, int64_t H, int64_t W, int64_t P, int64_t g2,
+                                                   bool border) {
+  T gx, gy;
+  grid_point<T>(mode, theta + n * P, wts, g2, p / W, p % W, H, W, gx, gy);
+  return bilinear_taps<T>(gx, gy, h, w, border);
+}
+
 template <typename T>
 __global__ void warp_forward_kernel(const T* x, const T* theta, const T* wts, T* out, int mode, int64_t N, int64_t C,
                                     int64_t h, int64_t w, int64_t H, int64_t W, int64_t P, int64_t g2, bool border) {
   const int64_t HW = H * W, idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= N * HW) return;
-  const int64_t n = idx / HW, p = idx % HW, i = p / W, j = p % W;
-  T gx, gy;
-  grid_point<T>(mode, theta + n * P, wts, g2, i, j, H, W, gx, gy);
-  const Bilinear<T> b = bilinear_taps<T>(gx, gy, h, w, border);
+  const int64_t n = idx / HW, p = idx % HW;
+  const Bilinear<T> b = output_taps<T>(mode, theta, wts, n, p, h, w, H, W, P, g2, border);
   for (int64_t c = 0; c < C; ++c) out[(n * C + c) * HW + p] = bilinear_read(b, x + (n * C + c) * h * w);
 }
 
@@ -27,10 +35,8 @@ __global__ void warp_backward_kernel(const T* grad, const T* x, const T* theta, 
                                      int64_t P, int64_t g2, bool border) {
   const int64_t HW = H * W, idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= N * HW) return;
-  const int64_t n = idx / HW, p = idx % HW, i = p / W, j = p % W;
-  T gx, gy;
-  grid_point<T>(mode, theta + n * P, wts, g2, i, j, H, W, gx, gy);
-  const Bilinear<T> b = bilinear_taps<T>(gx, gy, h, w, border);
+  const int64_t n = idx / HW, p = idx % HW;
+  const Bilinear<T> b = output_taps<T>(mode, theta, wts, n, p, h, w, H, W, P, g2, border);
   T gix = 0, giy = 0;
   for (int64_t c = 0; c < C; ++c) {
     const int64_t plane = (n * C + c) * h * w;
