@@ -6,18 +6,14 @@ import pytest
 import torch
 
 import dtifast.ops._native  # noqa: F401  (loads dtifast._C)
+from thread_runs import run_per_thread_count
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_parallel_for_uses_torch_threads(threads):
     # A build without -fopenmp compiles at::parallel_for to a serial loop: every kernel would run on one
     # thread while the thread-count tests still pass.
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(threads)
-        assert torch.ops.dtifast.parallel_threads() == threads
-    finally:
-        torch.set_num_threads(before)
+    assert run_per_thread_count(torch.ops.dtifast.parallel_threads, (threads,)) == [threads]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")

@@ -5,6 +5,7 @@ import torch
 
 from dtifast.ops import _native as native
 from dtifast.ops import reference
+from thread_runs import assert_bitwise_equal, run_per_thread_count
 
 
 def _inputs(L=3, B=2, C=3, H=5, W=6, dtype=torch.float64, seed=0, background=True):
@@ -58,18 +59,7 @@ def test_opaque_layers_have_exact_gradients():
 def test_threads_one_and_two_give_identical_results():
     inputs = _inputs(L=3, B=2, H=48, W=48, dtype=torch.float32, seed=3)  # 2304 pixels: two chunks per image
     grad = torch.randn(2, 3, 48, 48)
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            results.append(_run(native.composite_layers, inputs, grad))
-    finally:
-        torch.set_num_threads(before)
-    (out1, g1), (out2, g2) = results
-    assert torch.equal(out1, out2)
-    for a, b in zip(g1, g2):
-        assert torch.equal(a, b)
+    assert_bitwise_equal(*run_per_thread_count(lambda: _run(native.composite_layers, inputs, grad)))
 
 
 def test_non_contiguous_inputs():

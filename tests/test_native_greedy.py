@@ -6,6 +6,7 @@ import torch
 from dtifast import ops
 from dtifast.ops import _native as native
 from dtifast.ops import reference
+from thread_runs import assert_bitwise_equal, run_per_thread_count
 
 
 def _candidates(L, K, B, C=3, H=12, W=11, h=7, w=6, noise=True, dtype=torch.float32, seed=0):
@@ -61,15 +62,8 @@ def test_non_contiguous_sprite_planes_and_params():
 
 def test_threads_one_and_two_give_identical_results():
     x, sprites, params, occ, nz = _candidates(3, 4, 4, seed=5)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = native.greedy_select_sprites(x, sprites, params, occ, None, 2, None, nz)
-        torch.set_num_threads(2)
-        two = native.greedy_select_sprites(x, sprites, params, occ, None, 2, None, nz)
-    finally:
-        torch.set_num_threads(before)
-    assert torch.equal(one, two)
+    assert_bitwise_equal(*run_per_thread_count(
+        lambda: native.greedy_select_sprites(x, sprites, params, occ, None, 2, None, nz)))
 
 
 def test_public_op_defaults_to_native_on_cpu():
@@ -125,13 +119,7 @@ def test_image_space_non_contiguous_and_threads():
     ref = reference.greedy_select(x, layers, masks, occ, None, 2)
     layers_nc = layers.transpose(4, 5).contiguous().transpose(4, 5)
     masks_nc = masks.transpose(0, 1).contiguous().transpose(0, 1)
-    before, outs = torch.get_num_threads(), []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            outs.append(native.greedy_select(x, layers_nc, masks_nc, occ, None, 2))
-    finally:
-        torch.set_num_threads(before)
+    outs = run_per_thread_count(lambda: native.greedy_select(x, layers_nc, masks_nc, occ, None, 2))
     assert torch.equal(outs[0], ref) and torch.equal(outs[1], ref)
 
 

@@ -7,6 +7,7 @@ import torch
 from dtifast import ops
 from dtifast.ops import _native as native
 from dtifast.ops import reference
+from thread_runs import assert_bitwise_equal, run_per_thread_count
 
 
 def _color_inputs(N=3, CE=5, n_color=3, h=6, w=7, dtype=torch.float64, seed=0):
@@ -43,18 +44,14 @@ def test_color_transform_gradcheck_float64():
 def test_threads_one_and_two_give_identical_results():
     x, params = _color_inputs(N=4, CE=5, h=64, w=64, dtype=torch.float32, seed=3)
     grad = torch.randn_like(x)
-    before, runs = torch.get_num_threads(), []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            xl, pl = x.clone().requires_grad_(), params.clone().requires_grad_()
-            out = native.color_transform(xl, pl)
-            out.backward(grad)
-            runs.append((out, xl.grad, pl.grad))
-    finally:
-        torch.set_num_threads(before)
-    for a, b in zip(*runs):
-        assert torch.equal(a, b)
+
+    def run():
+        xl, pl = x.clone().requires_grad_(), params.clone().requires_grad_()
+        out = native.color_transform(xl, pl)
+        out.backward(grad)
+        return out, xl.grad, pl.grad
+
+    assert_bitwise_equal(*run_per_thread_count(run))
 
 
 def test_non_contiguous_inputs():

@@ -5,6 +5,7 @@ import torch
 
 from dtifast.ops import _native as native
 from dtifast.ops import reference
+from thread_runs import assert_bitwise_equal, run_per_thread_count
 
 
 def _inputs(L=3, B=2, C=3, H=9, W=10, h=6, w=5, dtype=torch.float64, seed=0, background=True, noise=True):
@@ -46,18 +47,7 @@ def test_gradcheck_float64():
 
 def test_threads_one_and_two_give_identical_results():
     inputs = _inputs(L=3, B=4, H=16, W=16, h=8, w=8, dtype=torch.float32, seed=2)
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            results.append(_run(native.render_loss, inputs))
-    finally:
-        torch.set_num_threads(before)
-    (l1, g1), (l2, g2) = results
-    assert torch.equal(l1, l2)
-    for a, b in zip(g1, g2):
-        assert torch.equal(a, b)
+    assert_bitwise_equal(*run_per_thread_count(lambda: _run(native.render_loss, inputs)))
 
 
 def test_non_contiguous_inputs():

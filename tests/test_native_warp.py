@@ -6,6 +6,7 @@ import torch
 from dtifast import ops
 from dtifast.ops import _native as native
 from dtifast.ops import reference
+from thread_runs import assert_bitwise_equal, run_per_thread_count
 
 N_PARAMS = {"position": 3, "similarity": 4, "affine": 6, "projective": 9, "tps": (16, 2)}
 KINDS = tuple(N_PARAMS)
@@ -77,19 +78,14 @@ def test_threads_one_and_two_give_identical_results(kind):
     x = torch.rand(6, 3, 9, 9, generator=g)
     p = _params(kind, 6, torch.float32, seed=5)
     grad = torch.randn(6, 3, 8, 8, generator=g)
-    before = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            xi, pi = x.clone().requires_grad_(), p.clone().requires_grad_()
-            out = _call(native, kind, xi, pi, (8, 8), "zeros")
-            out.backward(grad)
-            results.append((out, xi.grad, pi.grad))
-    finally:
-        torch.set_num_threads(before)
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+
+    def run():
+        xi, pi = x.clone().requires_grad_(), p.clone().requires_grad_()
+        out = _call(native, kind, xi, pi, (8, 8), "zeros")
+        out.backward(grad)
+        return out, xi.grad, pi.grad
+
+    assert_bitwise_equal(*run_per_thread_count(run))
 
 
 def test_non_contiguous_inputs():
@@ -176,15 +172,8 @@ def test_index_backward_is_the_same_for_one_and_two_threads():
     index = torch.randint(0, 4, (64,), generator=torch.Generator().manual_seed(3))
     params = (0.2 * torch.randn(64, 4)).requires_grad_()
     grad = torch.randn(64, 3, 24, 24)
-    before, grads = torch.get_num_threads(), []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            grads.append(torch.autograd.grad(native.warp_similarity(x, params, (24, 24), index=index), (x, params), grad))
-    finally:
-        torch.set_num_threads(before)
-    for a, b in zip(*grads):
-        assert torch.equal(a, b)
+    assert_bitwise_equal(*run_per_thread_count(
+        lambda: torch.autograd.grad(native.warp_similarity(x, params, (24, 24), index=index), (x, params), grad)))
 
 
 def test_bad_index_is_rejected():
