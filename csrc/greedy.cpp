@@ -71,10 +71,12 @@ struct Greedy {
     fp.hi.assign(H, 0);
     fp.start.assign(H, 0);
     fp.count = 0;
+    std::vector<Bilinear<scalar_t>> row(W);
     for (int64_t i = 0; i < H; ++i) {
       int64_t lo = W, hi = 0;
       for (int64_t j = 0; j < W; ++j) {
-        if (place_taps<scalar_t>(th, h, w, i, j, H, W).any_valid) {
+        row[j] = place_taps<scalar_t>(th, h, w, i, j, H, W);
+        if (row[j].any_valid) {
           lo = std::min(lo, j);
           hi = j + 1;
         }
@@ -84,7 +86,7 @@ struct Greedy {
       fp.hi[i] = hi;
       fp.start[i] = fp.count;
       fp.count += hi - lo;
-      for (int64_t j = lo; j < hi; ++j) taps.push_back(place_taps<scalar_t>(th, h, w, i, j, H, W));
+      taps.insert(taps.end(), row.begin() + lo, row.begin() + hi);
     }
     const int64_t n = fp.count;
     col.assign(K * C * n, scalar_t(0));
