@@ -27,10 +27,9 @@ from dtifast.bench.ops import OP_CASES, Skip, prepare, shapes_for
 from dtifast.bench.train_step import TrainStep
 from dtifast.ops import _native
 
+# The eager reference and the C++ kernels; the training step names its backend, so every op of the model
+# runs on one of them (the C++ one is also what a CPU run picks when no backend is named).
 PROVIDERS = ("torch", "cpu")
-# The training step names its backend: every op of the model runs on the reference, or every op on the
-# C++ kernels (which is also what a CPU run picks when no backend is named).
-STEP_PROVIDERS = {"torch": "torch", "cpu": "cpu"}
 CPU = torch.device("cpu")
 NATIVE_OPS = [op for op in OP_CASES if hasattr(_native, op)]
 
@@ -70,14 +69,14 @@ def bench_step(config: str, batch: int, repeats: int) -> dict[str, float]:
     """Median seconds of one training step per provider."""
     out = {}
     for provider in PROVIDERS:
-        step = TrainStep(config, STEP_PROVIDERS[provider], batch, CPU)
+        step = TrainStep(config, provider, batch, CPU)
         out[provider] = time_call(step, CPU, warmup=1, repeats=repeats).median
     return out
 
 
 def rss_growth(config: str, provider: str, batch: int) -> Optional[int]:
     """Peak-RSS growth (bytes) of one training step, measured in a fresh interpreter."""
-    cmd = [sys.executable, __file__, "--rss-probe", config, STEP_PROVIDERS[provider], str(batch)]
+    cmd = [sys.executable, __file__, "--rss-probe", config, provider, str(batch)]
     result = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])["growth_bytes"]
 
