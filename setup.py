@@ -5,10 +5,18 @@ The C++ CPU kernels in ``csrc/*.cpp`` are always compiled into ``dtifast._C``. T
 
 Knobs (environment variables):
     DTIFAST_SKIP_CUDA_BUILD=1   never build the CUDA kernels.
-    DTIFAST_CUDA_ARCHS="80;90"  compute capabilities to compile for (default: 90).
+    DTIFAST_CUDA_ARCHS="..."    GPU architectures to compile the CUDA kernels for. Default
+                                ``DEFAULT_CUDA_ARCHS`` below: machine code (SASS) for sm_75 (Turing),
+                                sm_80 (A100), sm_86 (RTX 30), sm_89 (RTX 40, L4) and sm_90 (H100), plus PTX of
+                                compute_90, which the driver JIT-compiles on newer GPUs. Format: compute
+                                capabilities separated by ``;`` (or ``,`` / spaces), written ``90`` or ``9.0``;
+                                a ``+PTX`` suffix also embeds that architecture's PTX. Examples: ``"90"``
+                                (one GPU kind, fastest build), ``"80;90+PTX"``, ``"8.6"``.
     MAX_JOBS=N                  parallel compile jobs (torch's ninja build honours it).
 
 Install with ``pip install --no-build-isolation -e .`` so that the build uses the torch already installed.
+tests/test_cuda_sources.py compiles every ``.cu`` file with ``NVCC_FLAGS`` for ``DEFAULT_CUDA_ARCHS``
+(it reads both, and ``cuda_arch_flags``, from this file's syntax tree: keep them literal and self-contained).
 """
 import glob
 import os
@@ -17,6 +25,33 @@ from setuptools import find_packages, setup
 
 import torch
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+# The GPU architectures built by default (format: see DTIFAST_CUDA_ARCHS above).
+DEFAULT_CUDA_ARCHS = "75;80;86;89;90+PTX"
+
+# nvcc options of every .cu file besides the architectures. No --use_fast_math: its flush-to-zero and
+# approximate division would move sampling coordinates by an ulp against ATen's grid sampler, which decides
+# pixel-exact taps (csrc/sampling.h source_index); the kernels are memory-bound, so it would buy little.
+NVCC_FLAGS = ("-O3", "-std=c++17")
+
+
+def cuda_arch_flags(spec: str) -> list:
+    """nvcc ``-gencode`` flags for an architecture list such as ``"75;80;9.0+PTX"`` (see the docstring)."""
+    flags = []
+    for entry in spec.replace(",", ";").replace(" ", ";").split(";"):
+        entry = entry.strip()
+        if not entry:
+            continue
+        ptx = entry.upper().endswith("+PTX")
+        arch = (entry[:-4] if ptx else entry).replace(".", "")
+        if not arch.isdigit():
+            raise ValueError(f"DTIFAST_CUDA_ARCHS: bad architecture {entry!r} in {spec!r} (e.g. '80', '8.6', '90+PTX')")
+        flags.append(f"-gencode=arch=compute_{arch},code=sm_{arch}")
+        if ptx:
+            flags.append(f"-gencode=arch=compute_{arch},code=compute_{arch}")
+    if not flags:
+        raise ValueError(f"DTIFAST_CUDA_ARCHS names no architecture: {spec!r}")
+    return flags
 
 
 def _want_cuda() -> bool:
@@ -35,10 +70,7 @@ def _extensions():
     cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
     link_flags = ["-fopenmp"]
     if _want_cuda():
-        archs = os.environ.get("DTIFAST_CUDA_ARCHS", "90").split(";")
-        nvcc_flags = ["-O3", "--use_fast_math", "-std=c++17"]
-        for arch in archs:
-            nvcc_flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+        nvcc_flags = list(NVCC_FLAGS) + cuda_arch_flags(os.environ.get("DTIFAST_CUDA_ARCHS") or DEFAULT_CUDA_ARCHS)
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
         return [
             CUDAExtension(

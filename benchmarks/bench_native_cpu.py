@@ -25,13 +25,13 @@ import torch
 from dtifast.bench.machine import machine_info, peak_memory, time_call
 from dtifast.bench.ops import OP_CASES, Skip, prepare, shapes_for
 from dtifast.bench.train_step import TrainStep
-from dtifast.ops import _native
+from dtifast.ops._backend import implements
 
 # The eager reference and the C++ kernels; the training step names its backend, so every op of the model
 # runs on one of them (the C++ one is also what a CPU run picks when no backend is named).
 PROVIDERS = ("torch", "cpu")
 CPU = torch.device("cpu")
-NATIVE_OPS = [op for op in OP_CASES if hasattr(_native, op)]
+NATIVE_OPS = [op for op in OP_CASES if implements("cpu", op, CPU)]
 
 
 def _speedup(base: Optional[float], new: Optional[float]) -> str:

@@ -17,7 +17,7 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 from dtifast.bench import DEVICE_DEFAULTS  # noqa: E402
-from dtifast.bench.machine import machine_info, set_check_finite, synchronize  # noqa: E402
+from dtifast.bench.machine import machine_info, synchronize  # noqa: E402
 
 
 def bench_device() -> torch.device:
@@ -33,7 +33,6 @@ def device() -> torch.device:
     dev = bench_device()
     if dev.type == "cuda" and not torch.cuda.is_available():
         pytest.skip("DTIFAST_BENCH_DEVICE asks for CUDA but torch sees no CUDA device")
-    set_check_finite(False)
     threads = os.environ.get("DTIFAST_BENCH_THREADS") or DEVICE_DEFAULTS[dev.type]["threads"]
     if threads is not None:
         torch.set_num_threads(int(threads))

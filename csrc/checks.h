@@ -10,7 +10,7 @@
 namespace dtifast {
 
 // x (K, C, h, w); theta (N, ...) with N = K without an index, or index (N,) int64 with values in [0, K).
-inline void check_warp(const at::Tensor& x, const at::Tensor& theta, const std::optional<at::Tensor>& wts,
+inline void check_warp(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& basis,
                        const std::optional<at::Tensor>& index, int64_t mode, int64_t out_h, int64_t out_w,
                        at::DeviceType device) {
   check_device(x, "x", device);
@@ -36,11 +36,12 @@ inline void check_warp(const at::Tensor& x, const at::Tensor& theta, const std::
   }
   if (mode == kAffine) check_sizes(theta, "theta", {n, 6});
   if (mode == kProjective) check_sizes(theta, "theta", {n, 9});
-  TORCH_CHECK(wts.has_value() == (mode == kTps), "wts must be given exactly for TPS warps");
+  check_like(basis, "basis", x);
   if (mode == kTps) {
     check_sizes(theta, "theta", {n, -1, 2});
-    check_like(*wts, "wts", x);
-    check_sizes(*wts, "wts", {out_h * out_w, theta.size(1)});
+    check_sizes(basis, "basis", {out_h * out_w, theta.size(1)});
+  } else {
+    check_sizes(basis, "basis", {out_w + out_h});
   }
 }
 
@@ -68,7 +69,7 @@ struct Dims {
 
 inline Dims check_render(const at::Tensor& x, const at::Tensor& sprites, const at::Tensor& theta,
                          const at::Tensor& occ, const std::optional<at::Tensor>& bg,
-                         const std::optional<at::Tensor>& noise, at::DeviceType device) {
+                         const std::optional<at::Tensor>& noise, const at::Tensor& basis, at::DeviceType device) {
   check_device(x, "x", device);
   TORCH_CHECK(x.dim() == 4, "x must be (B, C, H, W), got ", x.sizes());
   TORCH_CHECK(sprites.dim() == 5, "sprites must be (L, B, C + E, h, w), got ", sprites.sizes());
@@ -89,6 +90,8 @@ inline Dims check_render(const at::Tensor& x, const at::Tensor& sprites, const a
     check_like(*noise, "noise", x);
     check_sizes(*noise, "noise", {d.L, d.B, 1, d.H, d.W});
   }
+  check_like(basis, "basis", x);
+  check_sizes(basis, "basis", {d.W + d.H});
   return d;
 }
 
@@ -116,7 +119,7 @@ inline RenderGrads render_grad_buffers(const at::Tensor& x, const at::Tensor& sp
 inline void check_greedy(const at::Tensor& x_in, const at::Tensor& sprites_in, const at::Tensor& theta_in,
                          const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in, int64_t n_iter,
                          const std::optional<at::Tensor>& penalty_in, const std::optional<at::Tensor>& noise_in,
-                         at::DeviceType device) {
+                         const at::Tensor& basis_in, at::DeviceType device) {
   check_device(x_in, "x", device);
   TORCH_CHECK(x_in.dim() == 4, "x must be (B, C, H, W), got ", x_in.sizes());
   TORCH_CHECK(sprites_in.dim() == 6, "sprites must be (L, K, B, C + E, h, w), got ", sprites_in.sizes());
@@ -143,6 +146,8 @@ inline void check_greedy(const at::Tensor& x_in, const at::Tensor& sprites_in, c
     check_like(*noise_in, "noise", x_in);
     check_sizes(*noise_in, "noise", {K, 1, H, W});
   }
+  check_like(basis_in, "basis", x_in);
+  check_sizes(basis_in, "basis", {W + H});
 }
 
 inline void check_greedy_layers(const at::Tensor& x, const at::Tensor& layers, const at::Tensor& masks,

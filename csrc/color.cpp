@@ -2,7 +2,7 @@
 //   y_c = softclip((1 + g_c) x_c + b_c) for the n_color colour channels, y_c = x_c for the extra channels.
 //
 //   dtifast::color_transform(x, params, slope) -> y
-//   dtifast::color_transform_backward(grad, x, params, slope) -> (dx, dparams)
+//   dtifast::color_transform_backward(grad, x, params, slope, need_x, need_params) -> (dx, dparams)
 //
 // x (N, CE, h, w) with CE >= n_color; params (N, 2 * n_color) interleaved (g_0, b_0, g_1, b_1, ...). Python
 // expands a one-channel image to n_color channels before the call. Both directions parallelise over the
@@ -65,7 +65,8 @@ at::Tensor color_transform_cpu(const at::Tensor& x_in, const at::Tensor& params_
 }
 
 std::tuple<at::Tensor, at::Tensor> color_transform_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
-                                                                const at::Tensor& params_in, double slope) {
+                                                                const at::Tensor& params_in, double slope,
+                                                                bool need_x, bool need_params) {
   check_color(x_in, params_in);
   check_like(grad_in, "grad", x_in);
   check_sizes(grad_in, "grad", std::vector<int64_t>(x_in.sizes().begin(), x_in.sizes().end()));
@@ -98,14 +99,18 @@ std::tuple<at::Tensor, at::Tensor> color_transform_backward_cpu(const at::Tensor
         },
         [&](int64_t plane) { std::copy(g + plane * hw, g + (plane + 1) * hw, dsrc + plane * hw); });
   });
-  return {dx, dparams};
+  // Both gradients come out of one pass; an empty tensor stands for one that was not asked for.
+  const at::Tensor empty = at::empty({0}, x.options());
+  return {need_x ? dx : empty, need_params ? dparams : empty};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(dtifast, m) {
   m.def("color_transform(Tensor x, Tensor params, float slope) -> Tensor");
-  m.def("color_transform_backward(Tensor grad, Tensor x, Tensor params, float slope) -> (Tensor, Tensor)");
+  m.def(
+      "color_transform_backward(Tensor grad, Tensor x, Tensor params, float slope, bool need_x, bool need_params) "
+      "-> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dtifast, CPU, m) {

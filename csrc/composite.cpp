@@ -1,8 +1,8 @@
 // Occlusion compositing of L layers over an optional background on CPU (per-pixel math in composite.h).
 //
-//   dtifast::composite(layers, masks, occlusion, background) -> out
-//   dtifast::composite_backward(grad, layers, masks, occlusion, background, need_layers, need_masks,
-//                               need_occlusion, need_background) -> (dlayers, dmasks, docclusion, dbackground)
+//   dtifast::composite_layers(layers, masks, occlusion, background) -> out
+//   dtifast::composite_layers_backward(grad, layers, masks, occlusion, background, need_layers, need_masks,
+//                                      need_occlusion, need_background) -> (dlayers, dmasks, docclusion, dbackground)
 //
 // layers (L, B, C, H, W), masks (L, B, 1, H, W), occlusion (L, L, B), background (B, C, H, W) or None.
 // Work is split into fixed pixel chunks of each image; the occlusion gradient is summed per chunk and the
@@ -111,16 +111,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward_cp
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(dtifast, m) {
-  m.def("composite(Tensor layers, Tensor masks, Tensor occlusion, Tensor? background) -> Tensor");
+  m.def("composite_layers(Tensor layers, Tensor masks, Tensor occlusion, Tensor? background) -> Tensor");
   m.def(
-      "composite_backward(Tensor grad, Tensor layers, Tensor masks, Tensor occlusion, Tensor? background, "
+      "composite_layers_backward(Tensor grad, Tensor layers, Tensor masks, Tensor occlusion, Tensor? background, "
       "bool need_layers, bool need_masks, bool need_occlusion, bool need_background) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dtifast, CPU, m) {
-  m.impl("composite", &composite_cpu);
-  m.impl("composite_backward", &composite_backward_cpu);
+  m.impl("composite_layers", &composite_cpu);
+  m.impl("composite_layers_backward", &composite_backward_cpu);
 }
 
 }  // namespace dtifast

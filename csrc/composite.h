@@ -36,10 +36,12 @@ DTIFAST_HD T background_visibility(const T* m, int L, int skip) {
 }
 
 // Every channel of one pixel: out[c * out_s]. The layer weights vis_k m_k are computed once per pixel.
-template <typename T>
+// N >= L bounds the per-pixel arrays (the CUDA kernels pick the smallest of 1, 2, 4, 8, 16 that holds L, to
+// keep a thread's stack proportional to L; the CPU kernels keep the default).
+template <typename T, int N = kMaxLayers>
 DTIFAST_HD void composite_pixel(const T* occ, int64_t os, const T* m, const T* xs, int64_t ls, int64_t cs,
                                 const T* bg, int64_t bs, int L, int64_t C, T* out, int64_t out_s) {
-  T wt[kMaxLayers];
+  T wt[N];
   for (int k = 0; k < L; ++k) wt[k] = visibility(occ, os, m, L, k, -1) * m[k];
   const T wb = bg != nullptr ? background_visibility(m, L, -1) : T(0);
   for (int64_t c = 0; c < C; ++c) {
@@ -73,15 +75,15 @@ DTIFAST_HD T products_excluding_one(const T* f, int L, T* excl) {
 //   docc      gradient of o_jk at docc[j * L + k] (added; null: not wanted); the diagonal gets nothing;
 //   dbg       gradient of the background, layout of bg (added; null: not wanted).
 // For each layer l the factors f_j = 1 - o_jl m_j (f_l = 1) give vis_l and, for every j, vis_l without
-// f_j in O(L): O(L^2) per pixel in all.
-template <typename T>
+// f_j in O(L): O(L^2) per pixel in all. N >= L bounds the per-pixel arrays, as in composite_pixel.
+template <typename T, int N = kMaxLayers>
 DTIFAST_HD void composite_backward(const T* occ, int64_t os, const T* m, const T* xs, int64_t ls, int64_t cs,
                                    const T* bg, int64_t bs, int L, int64_t C, const T* g, int64_t gs, T* dm,
                                    T* dxs, T* docc, T* dbg) {
-  T f[kMaxLayers];
-  T excl[kMaxLayers * kMaxLayers];  // excl[l * L + j]: prod_{i != l, j} (1 - o_il m_i)
-  T ma[kMaxLayers];                 // m_l * sum_c g_c x_lc: the gradient of vis_l
-  T vis[kMaxLayers];
+  T f[N];
+  T excl[N * N];  // excl[l * L + j]: prod_{i != l, j} (1 - o_il m_i)
+  T ma[N];        // m_l * sum_c g_c x_lc: the gradient of vis_l
+  T vis[N];
   for (int l = 0; l < L; ++l) {
     for (int j = 0; j < L; ++j) f[j] = j == l ? T(1) : T(1) - occ[(j * L + l) * os] * m[j];
     vis[l] = products_excluding_one(f, L, excl + l * L);
@@ -98,7 +100,7 @@ DTIFAST_HD void composite_backward(const T* occ, int64_t os, const T* m, const T
     T a_bg = T(0);
     for (int64_t c = 0; c < C; ++c) a_bg += g[c * gs] * bg[c * bs];
     for (int j = 0; j < L; ++j) f[j] = T(1) - m[j];
-    T excl_bg[kMaxLayers];
+    T excl_bg[N];
     const T vis_bg = products_excluding_one(f, L, excl_bg);
     for (int k = 0; k < L; ++k) dm[k] -= a_bg * excl_bg[k];
     if (dbg != nullptr) {

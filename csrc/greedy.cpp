@@ -1,12 +1,14 @@
 // Greedy sprite selection on CPU with candidates in sprite space (dtifast/ops/reference.py
 // greedy_select_sprites), without any (K, B, C, H, W) tensor.
 //
-//   dtifast::greedy_select(x, sprites, theta, occlusion, background, n_iter, penalty, noise) -> (L, K, B)
-//   dtifast::greedy_select_layers(x, layers, masks, occlusion, background, n_iter, penalty) -> (L, K, B)
+//   dtifast::greedy_select_sprites(x, sprites, theta, occlusion, background, n_iter, penalty, noise, basis)
+//     -> (L, K, B)
+//   dtifast::greedy_select(x, layers, masks, occlusion, background, n_iter, penalty) -> (L, K, B)
 //
 // x (B, C, H, W); sprites (L, K, B, C + E, h, w), any strides on the first three dims (an expanded view of
 // shared prototypes is read in place); theta (L, B, 6) position matrices; occlusion (L, L, B); background
-// (B, C, H, W) or None (black); penalty (K,) or None; noise (K, 1, H, W) or None.
+// (B, C, H, W) or None (black); penalty (K,) or None; noise (K, 1, H, W) or None; basis (W + H,) the affine
+// base coordinates of the image (sampling.h grid_point).
 //
 // For layer l with the other layers fixed, the composite with candidate (c, m) is, per pixel,
 //   S0 - m * S1 + A * m * c,  S0 = sum_{k != l} T_k,  S1 = sum_{k != l} o_lk T_k,  A = prod_{j != l} (1 - o_jl m_j)
@@ -53,7 +55,7 @@ template <typename scalar_t>
 struct Greedy {
   int64_t L, K, B, C, H, W, h, w;
   int64_t sl, sk, sb;  // sprite strides of the (L, K, B) dims; each sprite's planes are contiguous
-  const scalar_t *x, *sprites, *theta, *occ, *bg, *penalty, *noise;
+  const scalar_t *x, *sprites, *theta, *occ, *bg, *penalty, *noise, *basis;
   scalar_t* selection;
 
   const scalar_t* sprite(int64_t l, int64_t k, int64_t b) const { return sprites + l * sl + k * sk + b * sb; }
@@ -75,7 +77,7 @@ struct Greedy {
     for (int64_t i = 0; i < H; ++i) {
       int64_t lo = W, hi = 0;
       for (int64_t j = 0; j < W; ++j) {
-        row[j] = place_taps<scalar_t>(th, h, w, i, j, H, W);
+        row[j] = place_taps<scalar_t>(th, basis, h, w, i, j, W);
         if (row[j].any_valid) {
           lo = std::min(lo, j);
           hi = j + 1;
@@ -236,10 +238,11 @@ struct Greedy {
   }
 };
 
-at::Tensor greedy_select_cpu(const at::Tensor& x_in, const at::Tensor& sprites_in, const at::Tensor& theta_in,
-                             const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in, int64_t n_iter,
-                             const std::optional<at::Tensor>& penalty_in, const std::optional<at::Tensor>& noise_in) {
-  check_greedy(x_in, sprites_in, theta_in, occ_in, bg_in, n_iter, penalty_in, noise_in, at::kCPU);
+at::Tensor greedy_select_sprites_cpu(const at::Tensor& x_in, const at::Tensor& sprites_in, const at::Tensor& theta_in,
+                                     const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in, int64_t n_iter,
+                                     const std::optional<at::Tensor>& penalty_in,
+                                     const std::optional<at::Tensor>& noise_in, const at::Tensor& basis_in) {
+  check_greedy(x_in, sprites_in, theta_in, occ_in, bg_in, n_iter, penalty_in, noise_in, basis_in, at::kCPU);
   const int64_t L = sprites_in.size(0), K = sprites_in.size(1), B = x_in.size(0), C = x_in.size(1);
   const int64_t H = x_in.size(2), W = x_in.size(3);
   const int64_t h = sprites_in.size(4), w = sprites_in.size(5);
@@ -248,16 +251,18 @@ at::Tensor greedy_select_cpu(const at::Tensor& x_in, const at::Tensor& sprites_i
   const bool planes_contiguous = sprites_in.stride(5) == 1 && sprites_in.stride(4) == w &&
                                  sprites_in.stride(3) == h * w;
   const at::Tensor sprites = planes_contiguous ? sprites_in : sprites_in.contiguous();
-  const at::Tensor x = x_in.contiguous(), theta = theta_in.contiguous(), occ = occ_in.contiguous();
+  const at::Tensor x = x_in.contiguous(), theta = theta_in.contiguous(), occ = occ_in.contiguous(),
+                   basis = basis_in.contiguous();
   at::Tensor bg_holder, penalty_holder, noise_holder;
   at::Tensor selection = at::zeros({L, K, B}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "greedy_select_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "greedy_select_sprites_cpu", [&] {
     const Greedy<scalar_t> g{L, K, B, C, H, W, h, w, sprites.stride(0), sprites.stride(1), sprites.stride(2),
                              x.const_data_ptr<scalar_t>(), sprites.const_data_ptr<scalar_t>(),
                              theta.const_data_ptr<scalar_t>(), occ.const_data_ptr<scalar_t>(),
                              optional_ptr<scalar_t>(bg_in, bg_holder),
                              optional_ptr<scalar_t>(penalty_in, penalty_holder),
-                             optional_ptr<scalar_t>(noise_in, noise_holder), selection.mutable_data_ptr<scalar_t>()};
+                             optional_ptr<scalar_t>(noise_in, noise_holder), basis.const_data_ptr<scalar_t>(),
+                             selection.mutable_data_ptr<scalar_t>()};
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) g.search_placed(b, n_iter);
     });
@@ -267,7 +272,7 @@ at::Tensor greedy_select_cpu(const at::Tensor& x_in, const at::Tensor& sprites_i
 
 // Image-space candidates (dtifast/ops/reference.py greedy_select): layers (L, K, B, C, H, W) and masks
 // (L, K, B, 1, H, W); every pixel is in each layer's footprint.
-at::Tensor greedy_select_layers_cpu(const at::Tensor& x_in, const at::Tensor& layers_in, const at::Tensor& masks_in,
+at::Tensor greedy_select_images_cpu(const at::Tensor& x_in, const at::Tensor& layers_in, const at::Tensor& masks_in,
                                     const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in, int64_t n_iter,
                                     const std::optional<at::Tensor>& penalty_in) {
   check_greedy_layers(x_in, layers_in, masks_in, occ_in, bg_in, n_iter, penalty_in, at::kCPU);
@@ -277,10 +282,10 @@ at::Tensor greedy_select_layers_cpu(const at::Tensor& x_in, const at::Tensor& la
   const at::Tensor occ = occ_in.contiguous();
   at::Tensor bg_holder, penalty_holder;
   at::Tensor selection = at::zeros({L, K, B}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "greedy_select_layers_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "greedy_select_images_cpu", [&] {
     const Greedy<scalar_t> g{L, K, B, C, H, W, 0, 0, 0, 0, 0, x.const_data_ptr<scalar_t>(), nullptr, nullptr,
                              occ.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(bg_in, bg_holder),
-                             optional_ptr<scalar_t>(penalty_in, penalty_holder), nullptr,
+                             optional_ptr<scalar_t>(penalty_in, penalty_holder), nullptr, nullptr,
                              selection.mutable_data_ptr<scalar_t>()};
     const scalar_t* col = layers.const_data_ptr<scalar_t>();
     const scalar_t* mask = masks.const_data_ptr<scalar_t>();
@@ -311,16 +316,16 @@ at::Tensor greedy_select_layers_cpu(const at::Tensor& x_in, const at::Tensor& la
 
 TORCH_LIBRARY_FRAGMENT(dtifast, m) {
   m.def(
-      "greedy_select_layers(Tensor x, Tensor layers, Tensor masks, Tensor occlusion, Tensor? background, "
-      "int n_iter, Tensor? penalty) -> Tensor");
+      "greedy_select(Tensor x, Tensor layers, Tensor masks, Tensor occlusion, Tensor? background, int n_iter, "
+      "Tensor? empty_penalty) -> Tensor");
   m.def(
-      "greedy_select(Tensor x, Tensor sprites, Tensor theta, Tensor occlusion, Tensor? background, int n_iter, "
-      "Tensor? penalty, Tensor? noise) -> Tensor");
+      "greedy_select_sprites(Tensor x, Tensor sprites, Tensor theta, Tensor occlusion, Tensor? background, "
+      "int n_iter, Tensor? empty_penalty, Tensor? noise, Tensor basis) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(dtifast, CPU, m) {
-  m.impl("greedy_select", &greedy_select_cpu);
-  m.impl("greedy_select_layers", &greedy_select_layers_cpu);
+  m.impl("greedy_select", &greedy_select_images_cpu);
+  m.impl("greedy_select_sprites", &greedy_select_sprites_cpu);
 }
 
 }  // namespace dtifast

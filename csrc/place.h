@@ -3,7 +3,8 @@
 // Shared by the render-loss and greedy kernels on CPU and CUDA.
 //
 // A sprite is C colour planes, a mask plane and (with noise) a canvas plane of h*w values, plane q at
-// sprite[q * ps]; theta is its 2x3 position matrix.
+// sprite[q * ps]; theta is its 2x3 position matrix; basis the (W + H,) affine base coordinates of the
+// output (sampling.h grid_point).
 #pragma once
 
 #include "sampling.h"
@@ -20,11 +21,12 @@ struct Placed {
   T canvas;    // sampled canvas (0 without noise)
 };
 
-// The taps of output pixel (i, j) in an (h, w) sprite placed by position matrix theta.
+// The taps of output pixel (i, j) of a W-wide output in an (h, w) sprite placed by position matrix theta.
 template <typename T>
-DTIFAST_HD Bilinear<T> place_taps(const T* theta, int64_t h, int64_t w, int64_t i, int64_t j, int64_t H, int64_t W) {
+DTIFAST_HD Bilinear<T> place_taps(const T* theta, const T* basis, int64_t h, int64_t w, int64_t i, int64_t j,
+                                  int64_t W) {
   T gx, gy;
-  grid_point<T>(kAffine, theta, nullptr, 0, i, j, H, W, gx, gy);
+  grid_point<T>(kAffine, theta, basis, 0, i, j, W, gx, gy);
   return bilinear_taps<T>(gx, gy, h, w, false);
 }
 
@@ -58,37 +60,58 @@ DTIFAST_HD Placed<T> place_from_taps(const Bilinear<T>& taps, const T* sprite, i
 
 template <typename T>
 DTIFAST_HD Placed<T> place_pixel(const T* sprite, int64_t ps, int64_t C, int64_t h, int64_t w, const T* theta,
-                                 int64_t i, int64_t j, int64_t H, int64_t W, const T* noise, T* col) {
-  return place_from_taps<T>(place_taps<T>(theta, h, w, i, j, H, W), sprite, ps, C, noise, col);
+                                 const T* basis, int64_t i, int64_t j, int64_t W, const T* noise, T* col) {
+  return place_from_taps<T>(place_taps<T>(theta, basis, h, w, i, j, W), sprite, ps, C, noise, col);
 }
 
-// Backward for colour gradients dcol[C] and mask gradient dmask: scatters into the sprite's planes dsprite
-// (layout of sprite; null: not wanted), adds the position-matrix gradient into dtheta (null: not wanted) and
-// returns the noise gradient (0 without noise).
+// Where place_pixel_backward sends the sprite gradient: the gradient g of sampled plane q (colours 0..C-1,
+// mask C, canvas C + 1) is added into the taps of plane q of dsprite (null: not wanted).
 template <typename T>
-DTIFAST_HD T place_pixel_backward(const Placed<T>& p, const T* sprite, int64_t ps, int64_t C, const T* theta,
-                                  int64_t i, int64_t j, int64_t H, int64_t W, const T* noise, const T* dcol,
-                                  T dmask, T* dsprite, T* dtheta) {
+struct ScatterToSprite {
+  T* dsprite;
+  int64_t ps;
+  DTIFAST_HD void operator()(const Bilinear<T>& taps, int64_t q, T g) const {
+    if (dsprite != nullptr) scatter_taps<T>(taps, g, dsprite + q * ps);
+  }
+};
+
+// Backward for colour gradients dcol[C] and mask gradient dmask: hands each sampled plane's gradient to
+// sink(taps, plane, g) (ScatterToSprite, or a recorder of per-tap contributions), adds the position-matrix
+// gradient into dtheta (null: not wanted) and returns the noise gradient (0 without noise).
+template <typename T, typename Sink>
+DTIFAST_HD T place_pixel_backward_to(const Placed<T>& p, const T* sprite, int64_t ps, int64_t C, const T* theta,
+                                     const T* basis, int64_t i, int64_t j, int64_t W, const T* noise, const T* dcol,
+                                     T dmask, const Sink& sink, T* dtheta) {
   // Outside the sprite nothing was read: no gradient to the sprite, the placement or the noise (canvas 0).
   if (!p.taps.any_valid) return T(0);
   T gix = 0, giy = 0;
   for (int64_t c = 0; c < C; ++c) {
-    bilinear_backward<T>(p.taps, sprite + c * ps, dcol[c], dsprite ? dsprite + c * ps : nullptr, gix, giy);
+    bilinear_backward<T>(p.taps, sprite + c * ps, dcol[c], nullptr, gix, giy);
+    sink(p.taps, c, dcol[c]);
   }
   T dnoise = T(0);
   T dpre = dmask;
   if (noise != nullptr) {
     dpre = dmask * softclip_grad(p.pre, T(kMaskSlope));
     dnoise = dpre * p.canvas;
-    bilinear_backward<T>(p.taps, sprite + (C + 1) * ps, dpre * *noise, dsprite ? dsprite + (C + 1) * ps : nullptr,
-                         gix, giy);
+    bilinear_backward<T>(p.taps, sprite + (C + 1) * ps, dpre * *noise, nullptr, gix, giy);
+    sink(p.taps, C + 1, dpre * *noise);
   }
-  bilinear_backward<T>(p.taps, sprite + C * ps, dpre, dsprite ? dsprite + C * ps : nullptr, gix, giy);
+  bilinear_backward<T>(p.taps, sprite + C * ps, dpre, nullptr, gix, giy);
+  sink(p.taps, C, dpre);
   if (dtheta != nullptr) {
-    grid_point_backward<T>(kAffine, theta, nullptr, 0, i, j, H, W, gix * p.taps.dx_mult, giy * p.taps.dy_mult,
-                           dtheta);
+    grid_point_backward<T>(kAffine, theta, basis, 0, i, j, W, gix * p.taps.dx_mult, giy * p.taps.dy_mult, dtheta);
   }
   return dnoise;
+}
+
+// place_pixel_backward_to scattering into the sprite's planes dsprite (layout of sprite; null: not wanted).
+template <typename T>
+DTIFAST_HD T place_pixel_backward(const Placed<T>& p, const T* sprite, int64_t ps, int64_t C, const T* theta,
+                                  const T* basis, int64_t i, int64_t j, int64_t W, const T* noise, const T* dcol,
+                                  T dmask, T* dsprite, T* dtheta) {
+  return place_pixel_backward_to<T>(p, sprite, ps, C, theta, basis, i, j, W, noise, dcol, dmask,
+                                    ScatterToSprite<T>{dsprite, ps}, dtheta);
 }
 
 }  // namespace dtifast

@@ -2,14 +2,17 @@
 // background with the occlusion matrix, and the MSE against x, in one pass over the pixels; the backward
 // recomputes the pass instead of storing any (L, B, C, H, W) intermediate.
 //
-//   dtifast::render_loss(x, sprites, theta, occlusion, background, noise) -> loss (scalar)
-//   dtifast::render_loss_backward(grad, x, sprites, theta, occlusion, background, noise, need_x, need_sprites,
-//       need_theta, need_occlusion, need_background, need_noise) -> (dx, dsprites, dtheta, docc, dbg, dnoise)
+//   dtifast::render_loss(x, sprites, theta, occlusion, background, noise, basis) -> loss (scalar)
+//   dtifast::render_loss_backward(grad, x, sprites, theta, occlusion, background, noise, basis, need_x,
+//       need_sprites, need_theta, need_occlusion, need_background, need_noise)
+//       -> (dx, dsprites, dtheta, docc, dbg, dnoise)
 //
 // x (B, C, H, W); sprites (L, B, C + E, h, w) (E = 1: mask; E = 2: mask, canvas with noise); theta (L, B, 6)
-// position matrices; occlusion (L, L, B); background (B, C, H, W) or None; noise (L, B, 1, H, W) or None.
+// placement matrices; occlusion (L, L, B); background (B, C, H, W) or None; noise (L, B, 1, H, W) or None;
+// basis (W + H,) the affine base coordinates of the image (sampling.h grid_point).
 // Each image is handled by one thread (its partial loss and every gradient it touches belong to it alone),
 // and the per-image partial losses are added in image order: the result does not depend on the thread count.
+// An empty batch has no error to average: its loss is 0 (not 0/0), as on every backend.
 #include <torch/library.h>
 
 #include "checks.h"
@@ -24,7 +27,7 @@ namespace {
 template <typename scalar_t>
 struct RenderPass {
   Dims d;
-  const scalar_t *x, *sprites, *theta, *occ, *bg, *noise;
+  const scalar_t *x, *sprites, *theta, *occ, *bg, *noise, *basis;
 
   struct Grads {
     scalar_t scale;
@@ -42,7 +45,7 @@ struct RenderPass {
         const int64_t p = i * d.W + j;
         for (int64_t l = 0; l < L; ++l) {
           const int64_t lb = l * d.B + b;
-          placed[l] = place_pixel<scalar_t>(sprites + lb * S, hw, C, d.h, d.w, theta + lb * 6, i, j, d.H, d.W,
+          placed[l] = place_pixel<scalar_t>(sprites + lb * S, hw, C, d.h, d.w, theta + lb * 6, basis, i, j, d.W,
                                             noise ? noise + lb * HW + p : nullptr, col.data() + l * C);
           m[l] = placed[l].mask;
         }
@@ -64,7 +67,7 @@ struct RenderPass {
         for (int64_t l = 0; l < L; ++l) {
           const int64_t lb = l * d.B + b;
           const scalar_t dn = place_pixel_backward<scalar_t>(
-              placed[l], sprites + lb * S, hw, C, theta + lb * 6, i, j, d.H, d.W,
+              placed[l], sprites + lb * S, hw, C, theta + lb * 6, basis, i, j, d.W,
               noise ? noise + lb * HW + p : nullptr, dcol.data() + l * C, dm[l],
               grads->dsprites ? grads->dsprites + lb * S : nullptr, grads->dtheta ? grads->dtheta + lb * 6 : nullptr);
           if (grads->dnoise) grads->dnoise[lb * HW + p] = dn;
@@ -80,33 +83,35 @@ struct RenderPass {
 
 template <typename scalar_t>
 RenderPass<scalar_t> make_pass(const Dims& d, const at::Tensor& x, const at::Tensor& sprites, const at::Tensor& theta,
-                               const at::Tensor& occ, const at::Tensor& bg, const at::Tensor& noise) {
+                               const at::Tensor& occ, const at::Tensor& bg, const at::Tensor& noise,
+                               const at::Tensor& basis) {
   return {d,
           x.const_data_ptr<scalar_t>(),
           sprites.const_data_ptr<scalar_t>(),
           theta.const_data_ptr<scalar_t>(),
           occ.const_data_ptr<scalar_t>(),
           bg.defined() ? bg.const_data_ptr<scalar_t>() : nullptr,
-          noise.defined() ? noise.const_data_ptr<scalar_t>() : nullptr};
+          noise.defined() ? noise.const_data_ptr<scalar_t>() : nullptr,
+          basis.const_data_ptr<scalar_t>()};
 }
 
 at::Tensor render_loss_cpu(const at::Tensor& x_in, const at::Tensor& sprites_in, const at::Tensor& theta_in,
                            const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in,
-                           const std::optional<at::Tensor>& noise_in) {
-  const Dims d = check_render(x_in, sprites_in, theta_in, occ_in, bg_in, noise_in, at::kCPU);
+                           const std::optional<at::Tensor>& noise_in, const at::Tensor& basis_in) {
+  const Dims d = check_render(x_in, sprites_in, theta_in, occ_in, bg_in, noise_in, basis_in, at::kCPU);
   const at::Tensor x = x_in.contiguous(), sprites = sprites_in.contiguous(), theta = theta_in.contiguous(),
                    occ = occ_in.contiguous(), bg = contiguous_or_undefined(bg_in),
-                   noise = contiguous_or_undefined(noise_in);
+                   noise = contiguous_or_undefined(noise_in), basis = basis_in.contiguous();
   at::Tensor loss = at::empty({}, x.options());
   std::vector<double> partial(d.B, 0.0);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "render_loss_cpu", [&] {
-    const auto pass = make_pass<scalar_t>(d, x, sprites, theta, occ, bg, noise);
+    const auto pass = make_pass<scalar_t>(d, x, sprites, theta, occ, bg, noise, basis);
     at::parallel_for(0, d.B, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) partial[b] = pass.image(b, nullptr);
     });
     double total = 0;
     for (double v : partial) total += v;
-    loss.fill_(static_cast<scalar_t>(total / static_cast<double>(d.B * d.C * d.H * d.W)));
+    loss.fill_(static_cast<scalar_t>(total / static_cast<double>(std::max<int64_t>(d.B * d.C * d.H * d.W, 1))));
   });
   return loss;
 }
@@ -114,21 +119,22 @@ at::Tensor render_loss_cpu(const at::Tensor& x_in, const at::Tensor& sprites_in,
 std::vector<at::Tensor> render_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& x_in,
                                                  const at::Tensor& sprites_in, const at::Tensor& theta_in,
                                                  const at::Tensor& occ_in, const std::optional<at::Tensor>& bg_in,
-                                                 const std::optional<at::Tensor>& noise_in, bool need_x,
+                                                 const std::optional<at::Tensor>& noise_in,
+                                                 const at::Tensor& basis_in, bool need_x,
                                                  bool need_sprites, bool need_theta, bool need_occ, bool need_bg,
                                                  bool need_noise) {
-  const Dims d = check_render(x_in, sprites_in, theta_in, occ_in, bg_in, noise_in, at::kCPU);
+  const Dims d = check_render(x_in, sprites_in, theta_in, occ_in, bg_in, noise_in, basis_in, at::kCPU);
   TORCH_CHECK(grad.numel() == 1, "grad of the scalar loss must have one element, got ", grad.sizes());
   const at::Tensor x = x_in.contiguous(), sprites = sprites_in.contiguous(), theta = theta_in.contiguous(),
                    occ = occ_in.contiguous(), bg = contiguous_or_undefined(bg_in),
-                   noise = contiguous_or_undefined(noise_in);
+                   noise = contiguous_or_undefined(noise_in), basis = basis_in.contiguous();
   RenderGrads g = render_grad_buffers(x, sprites, theta, occ, bg, noise, need_x, need_sprites, need_theta, need_occ,
                                       need_bg, need_noise);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "render_loss_backward_cpu", [&] {
-    const auto pass = make_pass<scalar_t>(d, x, sprites, theta, occ, bg, noise);
+    const auto pass = make_pass<scalar_t>(d, x, sprites, theta, occ, bg, noise, basis);
     auto ptr = [](at::Tensor& t) { return t.numel() ? t.mutable_data_ptr<scalar_t>() : nullptr; };
     const typename RenderPass<scalar_t>::Grads grads{
-        static_cast<scalar_t>(grad.item<double>() / static_cast<double>(d.B * d.C * d.H * d.W)),
+        static_cast<scalar_t>(grad.item<double>() / static_cast<double>(std::max<int64_t>(d.B * d.C * d.H * d.W, 1))),
         ptr(g.x), ptr(g.sprites), ptr(g.theta), ptr(g.occ), ptr(g.bg), ptr(g.noise)};
     at::parallel_for(0, d.B, 1, [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) pass.image(b, &grads);
@@ -141,11 +147,11 @@ std::vector<at::Tensor> render_loss_backward_cpu(const at::Tensor& grad, const a
 
 TORCH_LIBRARY_FRAGMENT(dtifast, m) {
   m.def(
-      "render_loss(Tensor x, Tensor sprites, Tensor theta, Tensor occlusion, Tensor? background, Tensor? noise) "
-      "-> Tensor");
+      "render_loss(Tensor x, Tensor sprites, Tensor theta, Tensor occlusion, Tensor? background, Tensor? noise, "
+      "Tensor basis) -> Tensor");
   m.def(
       "render_loss_backward(Tensor grad, Tensor x, Tensor sprites, Tensor theta, Tensor occlusion, "
-      "Tensor? background, Tensor? noise, bool need_x, bool need_sprites, bool need_theta, bool need_occlusion, "
+      "Tensor? background, Tensor? noise, Tensor basis, bool need_x, bool need_sprites, bool need_theta, bool need_occlusion, "
       "bool need_background, bool need_noise) -> Tensor[]");
 }
 

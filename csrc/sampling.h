@@ -35,35 +35,23 @@ enum WarpMode : int { kAffine = 0, kProjective = 1, kTps = 2 };
 
 constexpr double kHomogeneousEps = 1e-8;
 
-// Output pixel j of n on F.affine_grid's base grid (align_corners=False): linspace(-1, 1, n) * (n - 1) / n.
-// Multiplies by 1/n rather than dividing, so that the reciprocal is hoisted out of pixel loops (within an
-// ulp of torch's linspace * (n - 1) / n either way).
+// Normalised sampling location (gx, gy) of output pixel (i, j) of an (H, W) output. `basis` is what the
+// transform applies to, computed in Python by the same torch calls as the reference (so that the kernels
+// start from bit-identical coordinates; torch.linspace's vectorised CPU path differs from any scalar formula
+// in the last bit, which moves pixel-exact samples across a floor):
+//   kAffine:     basis (W + H,): F.affine_grid's base coordinates, the W column x's then the H row y's;
+//                theta (6,) row-major 2x3 matrix;
+//   kProjective: basis (W + H,): linspace(-1, 1) per axis; theta (9,) row-major homography;
+//   kTps:        basis (H*W, G2): the TPS interpolation matrix; theta (G2, 2) source control points.
 template <typename T>
-DTIFAST_HD T pixel_centre(int64_t j, int64_t n) {
-  return static_cast<T>(2 * j + 1) * (T(1) / static_cast<T>(n)) - T(1);
-}
-
-// torch.linspace(-1, 1, n)[j], computed the way torch does (from both ends, so the last point is exactly 1).
-template <typename T>
-DTIFAST_HD T linspace_point(int64_t j, int64_t n) {
-  if (n == 1) return T(-1);
-  const T step = T(2) / static_cast<T>(n - 1);
-  return j < n / 2 ? T(-1) + step * static_cast<T>(j) : T(1) - step * static_cast<T>(n - 1 - j);
-}
-
-// Normalised sampling location (gx, gy) of output pixel (i, j) of an (H, W) output.
-//   kAffine:     theta (6,) row-major 2x3 matrix applied to the pixel-centre point;
-//   kProjective: theta (9,) row-major homography applied to the linspace point;
-//   kTps:        theta (G2, 2) source control points, wts the (H*W, G2) matrix; gx, gy = wts[p] @ theta.
-template <typename T>
-DTIFAST_HD void grid_point(int mode, const T* theta, const T* wts, int64_t g2, int64_t i, int64_t j, int64_t H,
-                           int64_t W, T& gx, T& gy) {
+DTIFAST_HD void grid_point(int mode, const T* theta, const T* basis, int64_t g2, int64_t i, int64_t j, int64_t W,
+                           T& gx, T& gy) {
   if (mode == kAffine) {
-    const T x = pixel_centre<T>(j, W), y = pixel_centre<T>(i, H);
+    const T x = basis[j], y = basis[W + i];
     gx = theta[0] * x + theta[1] * y + theta[2];
     gy = theta[3] * x + theta[4] * y + theta[5];
   } else if (mode == kProjective) {
-    const T x = linspace_point<T>(j, W), y = linspace_point<T>(i, H);
+    const T x = basis[j], y = basis[W + i];
     const T u = theta[0] * x + theta[1] * y + theta[2];
     const T v = theta[3] * x + theta[4] * y + theta[5];
     const T w = theta[6] * x + theta[7] * y + theta[8];
@@ -71,7 +59,7 @@ DTIFAST_HD void grid_point(int mode, const T* theta, const T* wts, int64_t g2, i
     gx = u * s;
     gy = v * s;
   } else {
-    const T* row = wts + (i * W + j) * g2;
+    const T* row = basis + (i * W + j) * g2;
     T ax = 0, ay = 0;
     for (int64_t g = 0; g < g2; ++g) {
       ax += row[g] * theta[2 * g];
@@ -84,10 +72,10 @@ DTIFAST_HD void grid_point(int mode, const T* theta, const T* wts, int64_t g2, i
 
 // Backward of grid_point: adds d(loss)/d(theta) for the pixel's grid gradient (dgx, dgy) into dtheta.
 template <typename T>
-DTIFAST_HD void grid_point_backward(int mode, const T* theta, const T* wts, int64_t g2, int64_t i, int64_t j,
-                                    int64_t H, int64_t W, T dgx, T dgy, T* dtheta) {
+DTIFAST_HD void grid_point_backward(int mode, const T* theta, const T* basis, int64_t g2, int64_t i, int64_t j,
+                                    int64_t W, T dgx, T dgy, T* dtheta) {
   if (mode == kAffine) {
-    const T x = pixel_centre<T>(j, W), y = pixel_centre<T>(i, H);
+    const T x = basis[j], y = basis[W + i];
     dtheta[0] += dgx * x;
     dtheta[1] += dgx * y;
     dtheta[2] += dgx;
@@ -95,7 +83,7 @@ DTIFAST_HD void grid_point_backward(int mode, const T* theta, const T* wts, int6
     dtheta[4] += dgy * y;
     dtheta[5] += dgy;
   } else if (mode == kProjective) {
-    const T x = linspace_point<T>(j, W), y = linspace_point<T>(i, H);
+    const T x = basis[j], y = basis[W + i];
     const T w = theta[6] * x + theta[7] * y + theta[8];
     T du = dgx, dv = dgy, dw = 0;
     if (w > T(kHomogeneousEps) || w < -T(kHomogeneousEps)) {
@@ -116,7 +104,7 @@ DTIFAST_HD void grid_point_backward(int mode, const T* theta, const T* wts, int6
     dtheta[7] += dw * y;
     dtheta[8] += dw;
   } else {
-    const T* row = wts + (i * W + j) * g2;
+    const T* row = basis + (i * W + j) * g2;
     for (int64_t g = 0; g < g2; ++g) {
       dtheta[2 * g] += row[g] * dgx;
       dtheta[2 * g + 1] += row[g] * dgy;
@@ -160,11 +148,20 @@ struct Bilinear {
 };
 
 // Source coordinate of normalised coordinate g on an axis of n pixels (align_corners=False), with its
-// derivative; border padding clips to [0, n - 1] (zero gradient at and beyond the ends, as torch).
+// derivative; border padding clips to [0, n - 1] (zero gradient at and beyond the ends, as torch: "borders
+// are out of bounds" for the gradient). The operation order is ATen's, fused multiply-add included, because
+// at the identity transform the coordinate lands exactly on a pixel and one ulp decides the floor (and so
+// which neighbour the gradient uses): the CPU grid sampler computes fma(g + 1, n / 2, -0.5), the CUDA one
+// ((g + 1) * n - 1) / 2 with the multiply-add fused by nvcc.
 template <typename T>
 DTIFAST_HD T source_index(T g, int64_t n, bool border, T& mult) {
-  T c = ((g + T(1)) * static_cast<T>(n) - T(1)) / T(2);
-  mult = static_cast<T>(n) / T(2);
+  const T size = static_cast<T>(n);
+#if defined(__CUDA_ARCH__)
+  T c = fma(g + T(1), size, T(-1)) / T(2);
+#else
+  T c = std::fma(g + T(1), size / T(2), T(-0.5));
+#endif
+  mult = size / T(2);
   if (border) {
     const T hi = static_cast<T>(n - 1);
     if (c <= T(0)) {
@@ -223,6 +220,14 @@ DTIFAST_HD T bilinear_read(const Bilinear<T>& b, const T* plane) {
   return acc;
 }
 
+// Scatters g * weight into the valid taps of dplane (the input-gradient half of bilinear_backward).
+template <typename T>
+DTIFAST_HD void scatter_taps(const Bilinear<T>& b, T g, T* dplane) {
+  for (int t = 0; t < 4; ++t) {
+    if (b.valid[t]) scatter_add(dplane + b.offset[t], g * b.weight[t]);
+  }
+}
+
 // One channel's backward: scatters g * weight into dplane (if not null) and adds the gradient with
 // respect to the unnormalised coordinates into (gix, giy).
 template <typename T>
@@ -236,11 +241,7 @@ DTIFAST_HD void bilinear_backward(const Bilinear<T>& b, const T* plane, T g, T* 
   const T wx1 = b.x0 + T(1) - b.ix, wx0 = b.ix - b.x0;
   gix += g * ((v1 - v0) * wy1 + (v3 - v2) * wy0);
   giy += g * ((v2 - v0) * wx1 + (v3 - v1) * wx0);
-  if (dplane != nullptr) {
-    for (int t = 0; t < 4; ++t) {
-      if (b.valid[t]) scatter_add(dplane + b.offset[t], g * b.weight[t]);
-    }
-  }
+  if (dplane != nullptr) scatter_taps(b, g, dplane);
 }
 
 }  // namespace dtifast

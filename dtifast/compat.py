@@ -177,18 +177,18 @@ def load_upstream_checkpoint(path_or_dict: Union[str, pathlib.Path, Mapping[str,
     model = DTISprites(build_cfg, size, n_channels).to(dtype)
     _load_state(model, state)
     epoch = int(ckpt.get("epoch", 0))
-    model.cur_epoch.fill_(epoch)
+    model.set_epoch(epoch)
     for owner, tsf in (("layer_transformer", getattr(model, "layer_tsf", None)),
                        ("bkg_transformer", getattr(model, "bkg_tsf", None))):
         flags = _curriculum_flags(state, owner)
         if tsf is not None and flags is not None:
-            tsf.activations.copy_(flags)
+            tsf.set_activations(flags)
     sprite_flags = [f for f in (_curriculum_flags(state, rf"sprite_transformers\.{l}")
                                 for l in range(model.n_objects)) if f is not None]
     if sprite_flags:
         if any(not torch.equal(f, sprite_flags[0]) for f in sprite_flags):
             raise UpstreamFormatError("the sprite transformers of different layers have different activations")
-        model.sprite_tsf.activations.copy_(sprite_flags[0])
+        model.sprite_tsf.set_activations(sprite_flags[0])
     return model.eval()
 
 
@@ -247,7 +247,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def _import_upstream_main(args: argparse.Namespace) -> int:
-    from .checkpoint import save_run_from_model  # the run-folder format belongs to the trainer
+    from .runs import save_run_from_model
     config_path = args.config
     if config_path is None:
         candidates = sorted(args.checkpoint.parent.glob("*.yml"))

@@ -88,11 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="override a value of configs/tetro-tiny.yml")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    # The trainer checks the loss and the weights for NaN itself; the ops' per-call input scans would
-    # cost the demo about a fifth of its time. Only this command turns them off, and only while it runs.
-    from .ops._checks import finite_checks
-    with finite_checks(False):
-        res = run_demo(args.out, args.n_images, args.overrides, args.device)
+    res = run_demo(args.out, args.n_images, args.overrides, args.device)
     print(f"\nTetrominoes demo ({res['iterations']} iterations on {res['device']}, {res['threads']} threads):")
     print(f"  ARI-FG {100 * res['ari_fg']:.1f}  ARI {100 * res['ari']:.1f}  mIoU {100 * res['miou']:.1f}  "
           f"mACC {100 * res['macc']:.1f}  (first 320 images)")

@@ -21,8 +21,8 @@ import triton
 import triton.language as tl
 
 from .composite import visibility
-from .render_loss import pixel_centres, position_coords
-from .sampling import block_size, corners, gather4, interp, softclip
+from .render_loss import pixel_centres, placement_coords
+from .sampling import block_size, corners, gather4, interp, interpreted, softclip
 
 BLOCK = 128
 
@@ -59,10 +59,10 @@ def _prep_kernel(r_ptr, s1_ptr, a_ptr, x_ptr, cur_col_ptr, cur_m_ptr, occ_ptr, b
 
 @triton.jit
 def _score_kernel(dist_ptr, choice_ptr, out_col_ptr, out_m_ptr, r_ptr, s1_ptr, a_ptr,
-                  cand_ptr, mask_ptr, par_ptr, noise_ptr, B, C, H, W, h, w, inv_numel,
+                  cand_ptr, mask_ptr, theta_ptr, noise_ptr, basis_ptr, B, C, H, W, h, w, inv_numel,
                   s_k, s_b, s_c, s_y, s_x, m_k, m_b, m_y, m_x, n_k, n_y, n_x,
-                  SPRITE: tl.constexpr, HAS_NOISE: tl.constexpr, STORE: tl.constexpr, ACC64: tl.constexpr,
-                  BLOCK: tl.constexpr):
+                  SPRITE: tl.constexpr, HAS_NOISE: tl.constexpr, STORE: tl.constexpr, ATEN_CPU: tl.constexpr,
+                  ACC64: tl.constexpr, BLOCK: tl.constexpr):
     """Score candidate (k, b) of one layer (grid (K, B)), or in STORE mode write candidate
     ``choice[b]`` into the current layer (grid (1, B))."""
     acc: tl.constexpr = tl.float64 if ACC64 else tl.float32
@@ -80,10 +80,10 @@ def _score_kernel(dist_ptr, choice_ptr, out_col_ptr, out_m_ptr, r_ptr, s1_ptr, a
         py = p // W
         px = p % W
         if SPRITE:
-            xb, yb = pixel_centres(p, H, W, acc)
+            xb, yb = pixel_centres(basis_ptr, p, W, active, acc)
             # A block of pointers (all equal): the helper loads with a per-element mask.
-            par = par_ptr + b * 3 + tl.zeros([BLOCK], dtype=tl.int64)
-            ix, iy, _, _, _ = position_coords(par, xb, yb, h, w, active, acc)
+            th = theta_ptr + b * 6 + tl.zeros([BLOCK], dtype=tl.int64)
+            ix, iy, _, _ = placement_coords(th, xb, yb, h, w, active, ATEN_CPU, acc)
             o00, o01, o10, o11, m00, m01, m10, m11, wx0, wx1, wy0, wy1 = corners(ix, iy, h, w, s_y, s_x, active)
             v00, v01, v10, v11 = gather4(base + C * s_c, o00, o01, o10, o11, m00, m01, m10, m11, acc)
             m = interp(v00, v01, v10, v11, wx0, wx1, wy0, wy1)
@@ -115,19 +115,21 @@ def _score_kernel(dist_ptr, choice_ptr, out_col_ptr, out_m_ptr, r_ptr, s1_ptr, a
         tl.store(dist_ptr + k * B + b, tl.sum(err, axis=0) * inv_numel)
 
 
-def greedy_select(x: torch.Tensor, candidates: torch.Tensor, masks: Optional[torch.Tensor], params: Optional[torch.Tensor],
+def greedy_select(x: torch.Tensor, candidates: torch.Tensor, masks: Optional[torch.Tensor], theta: Optional[torch.Tensor],
                   occlusion: torch.Tensor, background: Optional[torch.Tensor], n_iter: int,
-                  empty_penalty: Optional[torch.Tensor], noise: Optional[torch.Tensor]) -> torch.Tensor:
+                  empty_penalty: Optional[torch.Tensor], noise: Optional[torch.Tensor],
+                  basis: Optional[torch.Tensor]) -> torch.Tensor:
     """One-hot ``(L, K, B)`` greedy selection; inputs are assumed validated.
 
-    Sprite space (``params`` given): ``candidates`` ``(L, K, B, C + E, h, w)`` with the mask (and
-    canvas) as channels C (C + 1), ``noise`` ``(K, 1, H, W)`` or None. Image space (``params`` None):
-    ``candidates`` ``(L, K, B, C, H, W)`` and ``masks`` ``(L, K, B, 1, H, W)``. Any strides.
+    Sprite space (``theta`` ``(L, B, 6)`` placement matrices and ``basis`` ``(W + H,)`` given):
+    ``candidates`` ``(L, K, B, C + E, h, w)`` with the mask (and canvas) as channels C (C + 1), ``noise``
+    ``(K, 1, H, W)`` or None. Image space (``theta`` None): ``candidates`` ``(L, K, B, C, H, W)`` and
+    ``masks`` ``(L, K, B, 1, H, W)``. Any strides.
     """
     B, C, H, W = x.shape
     L, K = candidates.shape[:2]
     HW = H * W
-    sprite = params is not None
+    sprite = theta is not None
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     x, occlusion = x.contiguous(), occlusion.contiguous()
     bg = background.contiguous() if background is not None else x
@@ -138,9 +140,13 @@ def greedy_select(x: torch.Tensor, candidates: torch.Tensor, masks: Optional[tor
     a = torch.empty(B, H, W, dtype=acc, device=x.device)
     dist = torch.empty(K, B, dtype=acc, device=x.device)
     selection = x.new_zeros(L, K, B)
+    if B == 0 or HW == 0:
+        return selection
     h, w = candidates.shape[-2:]
     block = block_size(BLOCK, HW)
     meta = dict(ACC64=x.dtype == torch.float64, BLOCK=block)
+    if sprite:
+        theta, basis = theta.contiguous(), basis.contiguous()
     mask_strides = (0, 0, 0, 0) if sprite else tuple(masks.stride(i) for i in (1, 2, 4, 5))
     noise_strides = (noise.stride(0), noise.stride(2), noise.stride(3)) if noise is not None else (0, 0, 0)
     for _ in range(n_iter):
@@ -149,10 +155,10 @@ def greedy_select(x: torch.Tensor, candidates: torch.Tensor, masks: Optional[tor
                 r, s1, a, x, cur_col, cur_m, occlusion, bg, l, B, C, HW,
                 L=L, LP=triton.next_power_of_2(L), HAS_BG=background is not None, **meta)
             cand = candidates[l]
-            layer_args = (cand, masks[l] if not sprite else cand, params[l].contiguous() if sprite else cand,
-                          noise if noise is not None else cand, B, C, H, W, h, w, 1.0 / (C * HW),
+            layer_args = (cand, masks[l] if not sprite else cand, theta[l] if sprite else cand,
+                          noise if noise is not None else cand, basis if sprite else cand, B, C, H, W, h, w, 1.0 / (C * HW),
                           *cand.stride(), *mask_strides, *noise_strides)
-            flags = dict(SPRITE=sprite, HAS_NOISE=noise is not None, **meta)
+            flags = dict(SPRITE=sprite, HAS_NOISE=noise is not None, ATEN_CPU=interpreted(), **meta)
             _score_kernel[(K, B)](dist, dist, cur_col, cur_m, r, s1, a, *layer_args, STORE=False, **flags)
             scores = dist if empty_penalty is None else dist + empty_penalty[:, None].to(acc)
             choice = scores.argmin(0)  # ties: the lowest k, as the reference

@@ -5,7 +5,7 @@ these, so the sampling rules live in one place:
 
 * ``align_corners=False``: normalised ``g`` in ``[-1, 1]`` maps to pixel ``((g + 1)·size − 1) / 2``;
 * ``zeros`` padding reads 0 outside the image; ``border`` clamps the pixel coordinate to
-  ``[0, size − 1]`` first, with a zero coordinate gradient where it clamped (as PyTorch does);
+  ``[0, size − 1]`` first, with a zero coordinate gradient where it clamped, ends included (as PyTorch);
 * the four corner weights and their derivatives follow PyTorch's bilinear kernel, so values and
   gradients match ``F.grid_sample`` to rounding.
 
@@ -36,13 +36,23 @@ def softclip_grad(z, slope):
 
 
 @triton.jit
-def source_index(g, size, BORDER: tl.constexpr):
-    """Normalised coordinate → pixel coordinate and d(pixel)/d(normalised) (0 where border clamps)."""
+def source_index(g, size, BORDER: tl.constexpr, ATEN_CPU: tl.constexpr):
+    """Normalised coordinate → pixel coordinate and d(pixel)/d(normalised) (0 where border clamps).
+
+    The operation order is ATen's, fused multiply-add included: at the identity an output pixel lands
+    exactly on an input pixel and one ulp decides the floor, i.e. which neighbour the gradient uses. The
+    CPU grid sampler (``ATEN_CPU``: the interpreter, checked against the CPU reference) computes
+    ``fma(g + 1, size / 2, -0.5)``; the CUDA one ``((g + 1) * size - 1) / 2`` with the multiply-add fused.
+    """
     size_f = size * 1.0  # size may arrive as a constexpr (Triton specialises 1)
-    i = ((g + 1.0) * size_f - 1.0) * 0.5
+    if ATEN_CPU:
+        i = tl.fma(g + 1.0, size_f * 0.5, -0.5)
+    else:
+        i = tl.fma(g + 1.0, size_f, -1.0) * 0.5
     d = tl.zeros_like(i) + size_f * 0.5
     if BORDER:
-        d = tl.where((i >= 0.0) & (i <= size_f - 1.0), d, 0.0)
+        # torch counts the clamp's ends as outside: no gradient at exactly 0 or size - 1 either.
+        d = tl.where((i > 0.0) & (i < size_f - 1.0), d, 0.0)
         i = tl.minimum(tl.maximum(i, 0.0), size_f - 1.0)
     else:
         # Beyond one pixel outside, all four corners read zeros whatever the exact location; clamping
@@ -114,9 +124,14 @@ def scatter4(base, g, o00, o01, o10, o11, m00, m01, m10, m11, wx0, wx1, wy0, wy1
     tl.atomic_add(base + o11, g * (wy1 * wx1), mask=m11)
 
 
+def interpreted() -> bool:
+    """Whether the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def block_size(gpu_block: int, n: int) -> int:
     """Pixels per program: ``gpu_block`` on a GPU; under ``TRITON_INTERPRET=1`` one power-of-two block
     covering ``n`` (up to 4096), because the interpreter's cost is per program and per op, not per element."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if interpreted():
         return min(max(triton.next_power_of_2(max(n, 1)), gpu_block), 4096)
     return gpu_block

@@ -1,7 +1,9 @@
 """Test configuration shared by the whole suite.
 
 TRITON_INTERPRET=1 must be set before any Triton kernel is imported, so that the Triton backend runs
-on CPU tensors here. ``--device``/``--dtype``/``--backend`` let the GPU script run the same tests on CUDA.
+on CPU tensors here. ``--device cuda`` lets the GPU script run the same tests on a GPU; the ``backend``
+fixture runs an op family's checklist (tests/checklist.py) on every backend of that device
+(``--backend`` picks some of them).
 """
 import os
 
@@ -11,6 +13,7 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # Under pytest-xdist each worker already owns a core; torch's own threads on top oversubscribe the
 # 2-core CI box (measured 10-30x slowdowns). Tests that compare thread counts set them explicitly.
@@ -20,8 +23,27 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 
 
+OP_BACKENDS = ("torch", "native", "triton")  # native: the C++ kernels on CPU, the CUDA kernels on CUDA
+
+# Property-based tests: derandomised so that CI runs the same examples every time (a failure is
+# reproducible); `--hypothesis-profile explore` draws new ones.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("explore", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
+
+
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", help="device for op tests (cpu or cuda)")
+    parser.addoption("--backend", action="append", choices=OP_BACKENDS, default=None,
+                     help="op backends whose checklist runs (repeatable; default: all)")
+
+
+def pytest_generate_tests(metafunc):
+    explicit = any("backend" in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
+    if "backend" in metafunc.fixturenames and not explicit:
+        chosen = metafunc.config.getoption("--backend") or list(OP_BACKENDS)
+        metafunc.parametrize("backend", chosen)
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +63,12 @@ def shared_dir() -> pathlib.Path:
 
 
 @pytest.fixture(autouse=True)
-def finite_check_left_as_found():
-    """Fail the test that leaves the ops' NaN/inf input check switched (a leak turns off other tests' checks)."""
-    from dtifast.ops import _checks
-    before = _checks.CHECK_FINITE
+def value_checks_left_as_found():
+    """Fail the test that leaves the ops' value checks switched (a leak changes what other tests check)."""
+    from dtifast.ops import set_value_checks, value_checks_enabled
+    before = value_checks_enabled()
     yield
-    after = _checks.CHECK_FINITE
-    _checks.CHECK_FINITE = before
-    assert after == before, f"this test left dtifast.ops._checks.CHECK_FINITE at {after}, it found {before}"
+    after = value_checks_enabled()
+    set_value_checks(before)
+    assert after == before, f"this test left the ops' value checks {'on' if after else 'off'}, it found them " \
+                            f"{'on' if before else 'off'}"

@@ -27,7 +27,8 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     code = cli_main(["bench", "--device", "cpu", "--out", str(out), "--op-configs", "tetro", "--op-batch", "1",
                      "--ops", "softclip", "render_loss", "--configs", "tetro", "--batches", "1",
-                     "--max-batch-configs", "tetro", "--repeats", "1", "--no-compile", "--quiet"])
+                     "--max-batch-configs", "tetro", "--repeats", "1", "--no-compile", "--quiet",
+                     "--sections", "ops", "train", "max-batch"])
     return code, out
 
 
@@ -187,10 +188,10 @@ def test_time_budget_reports_the_cases_it_cut(tmp_path):
 
 
 def test_run_report_restores_threads_and_checks(tmp_path):
-    from dtifast.ops import _checks
-    threads, check = torch.get_num_threads(), _checks.CHECK_FINITE
+    from dtifast.ops import value_checks_enabled
+    threads, check = torch.get_num_threads(), value_checks_enabled()
     run_report(CPU, tmp_path, ["ops"], op_configs=["tetro"], op_batch=1, ops_filter=["softclip"],
-               compile_ops=False, repeats=1, threads=1, check_finite=not check, quiet=True)
-    assert (torch.get_num_threads(), _checks.CHECK_FINITE) == (threads, check)
+               compile_ops=False, repeats=1, threads=1, value_checks=not check, quiet=True)
+    assert (torch.get_num_threads(), value_checks_enabled()) == (threads, check)
     rows = json.loads((tmp_path / "cpu.json").read_text())["rows"]
-    assert rows[0]["machine"]["torch_threads"] == 1 and rows[0]["machine"]["check_finite"] == (not check)
+    assert rows[0]["machine"]["torch_threads"] == 1 and rows[0]["machine"]["value_checks"] == (not check)

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-import dtifast.ops._native  # noqa: F401  (loads dtifast._C)
+import dtifast._C  # noqa: F401  (registers torch.ops.dtifast.*)
 from thread_runs import run_per_thread_count
 
 

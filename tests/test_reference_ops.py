@@ -1,4 +1,6 @@
-"""The eager reference ops: known answers, conventions, gradients and input checks."""
+"""The eager reference ops (the oracle every backend is held to) and the transform helpers of
+dtifast.ops.geometry: known answers, conventions and gradients. Input checks are the public ops' and are
+tested per family (tests/test_ops_*.py)."""
 from __future__ import annotations
 
 
@@ -6,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dtifast.ops import geometry as G
 from dtifast.ops import reference as R
 
 D = torch.float64
@@ -78,7 +81,7 @@ def test_tps_zero_offsets_give_identity_grid_and_image():
 
 def test_position_zero_params_is_scale_two():
     # Upstream adds the identity to e^s·I: s = 0 gives A = 2·I, the sprite covers the central half.
-    torch.testing.assert_close(R.position_matrix(torch.zeros(1, 3, dtype=D)),
+    torch.testing.assert_close(G.position_matrix(torch.zeros(1, 3, dtype=D)),
                                torch.tensor([[[2.0, 0, 0], [0, 2.0, 0]]], dtype=D))
 
 
@@ -112,7 +115,7 @@ def test_projective_with_affine_last_row_equals_affine_map_on_linspace_grid():
     x = _rand(2, 3, 9, 7)
     a = _randn(2, 6, scale=0.3, seed=2)
     params = torch.cat([a, torch.zeros(2, 3, dtype=D)], 1)          # last row [0, 0, 1] after + I
-    theta = R.affine_matrix(a)
+    theta = G.affine_matrix(a)
     # The projective warp evaluates on linspace(-1, 1): the affine grid with align_corners=True.
     grid = F.affine_grid(theta, [2, 3, 9, 7], align_corners=True)
     expected = F.grid_sample(x, grid, align_corners=False)
@@ -123,7 +126,7 @@ def test_projective_near_degenerate_w_uses_no_divide():
     # H maps every point to w = 0 exactly: kornia-0.3 semantics sample at (u, v) instead of dividing.
     params = torch.zeros(1, 9, dtype=D)
     params[0, 8] = -1.0                                              # H[2, 2] = 0 → w = 0
-    grid = R.projective_grid(R.projective_matrix(params), (4, 4))
+    grid = R.projective_grid(G.projective_matrix(params), (4, 4))
     base = R.projective_grid(torch.eye(3, dtype=D)[None], (4, 4))
     torch.testing.assert_close(grid, base)
     assert torch.isfinite(R.warp_projective(_rand(1, 2, 4, 4), params, (4, 4))).all()
@@ -267,30 +270,3 @@ def test_render_loss_gradcheck():
     x, noise = _rand(B, 3, H, H, seed=5), _rand(L, B, 1, H, H, seed=6) * 0.8 - 0.4
     args = [a.requires_grad_() for a in args]
     assert torch.autograd.gradcheck(lambda s, p, o, b: R.render_loss(x, s, p, o, b, noise), args)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Bad input
-# ---------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("bad,exc,match", [
-    (lambda: R.warp_affine(torch.rand(2, 3, 4), torch.zeros(2, 6), (4, 4)), ValueError, r"x must be a 4-D tensor"),
-    (lambda: R.warp_affine(torch.rand(2, 3, 4, 4), torch.zeros(3, 6), (4, 4)), ValueError, r"params must have shape \(2, 6\)"),
-    (lambda: R.warp_affine(torch.rand(2, 3, 4, 4), torch.zeros(2, 6, dtype=D), (4, 4)), TypeError, "share one dtype"),
-    (lambda: R.warp_affine(torch.rand(2, 3, 4, 4).long(), torch.zeros(2, 6), (4, 4)), TypeError, "dtype"),
-    (lambda: R.warp_affine(torch.full((1, 1, 2, 2), float("nan")), torch.zeros(1, 6), (2, 2)), ValueError, "NaN"),
-    (lambda: R.warp_affine(torch.rand(1, 1, 2, 2), torch.zeros(1, 6), (0, 2)), ValueError, "out_size"),
-    (lambda: R.warp_affine(torch.rand(1, 1, 2, 2), torch.zeros(1, 6), (2, 2), "reflect"), ValueError, "padding"),
-    (lambda: R.warp_tps(torch.rand(1, 1, 2, 2), torch.zeros(1, 9, 2), (2, 2)), ValueError, r"\(1, 16, 2\)"),
-    (lambda: R.warp_affine([[1.0]], torch.zeros(1, 6), (2, 2)), TypeError, "torch.Tensor"),
-    (lambda: R.composite_layers(torch.rand(2, 1, 3, 4, 4), torch.rand(2, 1, 1, 4, 5), torch.rand(2, 2, 1)),
-     ValueError, "masks must have shape"),
-    (lambda: R.composite_layers(torch.rand(2, 1, 3, 4, 4), torch.rand(2, 1, 1, 4, 4), torch.rand(3, 3, 1)),
-     ValueError, "occlusion must have shape"),
-    (lambda: R.color_transform(torch.rand(1, 3, 2, 2), torch.zeros(1, 5)), ValueError, "interleaved"),
-    (lambda: R.greedy_select(torch.rand(1, 3, 2, 2), torch.rand(1, 2, 1, 3, 2, 2), torch.rand(1, 2, 1, 1, 2, 2),
-                             torch.rand(1, 1, 1), n_iter=0), ValueError, "n_iter"),
-])
-def test_bad_input_raises_clear_errors(bad, exc, match):
-    with pytest.raises(exc, match=match):
-        bad()

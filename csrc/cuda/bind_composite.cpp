@@ -1,4 +1,5 @@
-// CUDA bindings of dtifast::composite / composite_backward (kernels in composite.cu).
+// CUDA bindings of dtifast::composite_layers / composite_layers_backward (kernels in composite.cu; the op
+// contract is csrc/composite.cpp's). Every gradient is deterministic (no atomics).
 #include <torch/library.h>
 
 #include "bind.h"
@@ -7,19 +8,24 @@ namespace dtifast {
 namespace cuda {
 namespace {
 
+template <typename T>
+CompositeArgs<T> composite_args(const at::Tensor& layers, const at::Tensor& masks, const at::Tensor& occ,
+                                const at::Tensor& bg) {
+  return {layers.const_data_ptr<T>(), masks.const_data_ptr<T>(), occ.const_data_ptr<T>(), in_ptr<T>(bg),
+          static_cast<int>(layers.size(0)), layers.size(1), layers.size(2), layers.size(3) * layers.size(4)};
+}
+
 at::Tensor composite_cuda(const at::Tensor& layers_in, const at::Tensor& masks_in, const at::Tensor& occ_in,
                           const std::optional<at::Tensor>& bg_in) {
   check_composite(layers_in, masks_in, occ_in, bg_in, at::kCUDA);
   const c10::cuda::CUDAGuard guard(layers_in.device());
   const at::Tensor layers = layers_in.contiguous(), masks = masks_in.contiguous(), occ = occ_in.contiguous(),
                    bg = contiguous_or_undefined(bg_in);
-  const int64_t L = layers.size(0), B = layers.size(1), C = layers.size(2), HW = layers.size(3) * layers.size(4);
-  at::Tensor out = at::empty({B, C, layers.size(3), layers.size(4)}, layers.options());
+  at::Tensor out = at::empty({layers.size(1), layers.size(2), layers.size(3), layers.size(4)}, layers.options());
   if (out.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "composite_cuda", [&] {
-    launch_composite<scalar_t>(layers.const_data_ptr<scalar_t>(), masks.const_data_ptr<scalar_t>(),
-                               occ.const_data_ptr<scalar_t>(), in_ptr<scalar_t>(bg), out.mutable_data_ptr<scalar_t>(),
-                               static_cast<int>(L), B, C, HW, current_stream());
+  AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "composite_layers_cuda", [&] {
+    launch_composite<scalar_t>(composite_args<scalar_t>(layers, masks, occ, bg), out.mutable_data_ptr<scalar_t>(),
+                               current_stream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -34,19 +40,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward_cu
   const c10::cuda::CUDAGuard guard(layers_in.device());
   const at::Tensor layers = layers_in.contiguous(), masks = masks_in.contiguous(), occ = occ_in.contiguous(),
                    bg = contiguous_or_undefined(bg_in), grad = grad_in.contiguous();
-  const int64_t L = layers.size(0), B = layers.size(1), C = layers.size(2), HW = layers.size(3) * layers.size(4);
+  const int64_t L = layers.size(0), B = layers.size(1), HW = layers.size(3) * layers.size(4);
   const auto empty = at::empty({0}, layers.options());
   at::Tensor dlayers = need_layers ? at::zeros_like(layers) : empty;
   at::Tensor dmasks = need_masks ? at::empty_like(masks) : empty;
   at::Tensor docc = need_occ ? at::zeros_like(occ) : empty;
   at::Tensor dbg = need_bg && bg.defined() ? at::zeros_like(bg) : empty;
-  if (grad.numel() == 0) return {dlayers, dmasks, docc, dbg};
-  AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "composite_backward_cuda", [&] {
-    launch_composite_backward<scalar_t>(grad.const_data_ptr<scalar_t>(), layers.const_data_ptr<scalar_t>(),
-                                        masks.const_data_ptr<scalar_t>(), occ.const_data_ptr<scalar_t>(),
-                                        in_ptr<scalar_t>(bg), out_ptr<scalar_t>(dlayers), out_ptr<scalar_t>(dmasks),
-                                        out_ptr<scalar_t>(docc), out_ptr<scalar_t>(dbg), static_cast<int>(L), B, C,
-                                        HW, current_stream());
+  // No pixel: nothing to launch (every buffer is then empty, or zeros for occ). C = 0 still launches: the
+  // mask gradients are written (zeros).
+  if (B * HW == 0) return {dlayers, dmasks, docc, dbg};
+  at::Tensor partial = need_occ ? at::empty({B, tiles_for(HW), L * L}, layers.options()) : empty;
+  AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "composite_layers_backward_cuda", [&] {
+    const CompositeGradArgs<scalar_t> g{grad.const_data_ptr<scalar_t>(), out_ptr<scalar_t>(dlayers),
+                                        out_ptr<scalar_t>(dmasks), out_ptr<scalar_t>(docc), out_ptr<scalar_t>(dbg),
+                                        out_ptr<scalar_t>(partial)};
+    launch_composite_backward<scalar_t>(composite_args<scalar_t>(layers, masks, occ, bg), g, current_stream());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {dlayers, dmasks, docc, dbg};
@@ -55,8 +63,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward_cu
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dtifast, CUDA, m) {
-  m.impl("composite", &composite_cuda);
-  m.impl("composite_backward", &composite_backward_cuda);
+  m.impl("composite_layers", &composite_cuda);
+  m.impl("composite_layers_backward", &composite_backward_cuda);
 }
 
 }  // namespace cuda

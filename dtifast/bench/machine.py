@@ -67,7 +67,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "triton_interpret": os.environ.get("TRITON_INTERPRET", "0") == "1",
-        "check_finite": _check_finite_enabled(),
+        "value_checks": _value_checks_enabled(),
         "commit": _git_commit(),
         # Other processes share the CPU on small machines: the load says how much to trust a figure.
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -79,26 +79,20 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _check_finite_enabled() -> bool:
-    from dtifast.ops import _checks
-    return bool(_checks.CHECK_FINITE)
-
-
-def set_check_finite(enabled: bool) -> None:
-    """Turn the ops' finite-value input check on or off (it reads every input once: a sync on CUDA)."""
-    from dtifast.ops import _checks
-    _checks.CHECK_FINITE = bool(enabled)
+def _value_checks_enabled() -> bool:
+    from dtifast.ops import value_checks_enabled
+    return value_checks_enabled()
 
 
 @contextlib.contextmanager
-def bench_settings(threads: Optional[int], check_finite: bool) -> Iterator[None]:
-    """Torch's CPU threads (None: unchanged) and the finite-value check for a run, restored after it."""
-    from dtifast.ops._checks import finite_checks
+def bench_settings(threads: Optional[int], value_checks: bool) -> Iterator[None]:
+    """Torch's CPU threads (None: unchanged) and the ops' value checks for a run, restored after it."""
+    from dtifast.ops import value_checks as checks
     old_threads = torch.get_num_threads()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        with finite_checks(check_finite):
+        with checks(value_checks):
             yield
     finally:
         torch.set_num_threads(old_threads)

@@ -135,6 +135,37 @@ def _max_batch_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
+def _memory_estimate_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    if not any(r["section"] == "memory_estimate" for r in rows):
+        return []
+    ok = _ok(rows, "memory_estimate")
+    budget = next((r["budget_bytes"] for r in ok), None)
+    traced = ", ".join(_ordered(r["traced_on"] for r in ok))
+    lines = ["## Training-step memory: estimate (fake CUDA tensors, not measured)", "",
+             "One training step (forward, backward, Adam step with its state allocated) at the config's last "
+             "epoch in training mode, traced on fake tensors (`dtifast.bench.memory`): peak of the live tensor "
+             "storages in 512-byte blocks (what `torch.cuda.max_memory_allocated` counts), parameters, "
+             "gradients, Adam state and input included. Not counted: cuDNN/cuBLAS workspaces, buffers that "
+             "the fused kernels' launchers allocate beyond what their fake kernels create, allocator "
+             f"fragmentation, the CUDA context. Traced on: {traced or '—'}.", ""]
+    if budget is not None:
+        lines += [f"Largest batch: the largest whose estimated peak fits {budget / 2**30:.3g} GiB "
+                  "(galloping then bisection over traces; the first batch that does not fit in brackets).", ""]
+    lines += ["| config | backend | batch | peak MiB | forward / backward / optimizer peak MiB | resident MiB "
+              "| largest batch | s |", "|---|---|---|---|---|---|---|---|"]
+    for r in ok:
+        phases = " / ".join(f"{r['phase_peak_bytes'].get(p, 0) / MIB:.0f}"
+                            for p in ("forward", "backward", "optimizer"))
+        bound = f" ({r['first_failing']})" if r.get("first_failing") else ""
+        seconds = r["estimate_seconds"] + r["search_seconds"]
+        lines.append(f"| {r['config']} | `{r['provider']}` | {r['batch']} | {r['peak_bytes'] / MIB:.0f} | {phases} | "
+                     f"{sum(r['resident_bytes'].values()) / MIB:.0f} | {r['max_batch']}{bound} | {seconds:.1f} |")
+    notes = _skip_notes(rows, "memory_estimate")
+    if notes:
+        lines += ["", "Not run:", "", *notes]
+    return lines + [""]
+
+
 def write_markdown(path: pathlib.Path, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> None:
     machine = meta["machine"]
     lines = [f"# dtifast benchmarks: {machine['device']}", "",
@@ -143,9 +174,10 @@ def write_markdown(path: pathlib.Path, rows: Sequence[dict[str, Any]], meta: dic
              f"Command: `{meta['command']}` ({meta['date']}, {meta['seconds']:.0f} s).  ",
              f"Settings: median of at least {meta['repeats']} timed calls after warm-up, and of more until "
              f"{meta['min_time_s']['ops']:g} s (ops) / {meta['min_time_s']['train']:g} s (training steps) are spent; "
-             f"finite-value input checks {'on' if machine['check_finite'] else 'off'}; float32.", ""]
+             f"value checks (NaN/inf inputs, index range) {'on' if machine.get('value_checks') else 'off'}; float32.", ""]
     providers = meta["op_providers"]
-    lines += _ops_tables(rows, providers) + _train_table(rows) + _max_batch_table(rows)
+    lines += (_ops_tables(rows, providers) + _train_table(rows) + _max_batch_table(rows)
+              + _memory_estimate_table(rows))
     path.write_text("\n".join(lines).rstrip() + "\n")
 
 

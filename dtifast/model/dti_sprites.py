@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dtifast import ops
-from dtifast.ops._checks import check_shape, check_tensor
+from dtifast.ops._checks import assert_finite, check_shape, check_tensor
 
 from .encoders import Encoder
 from .heads import BatchedMLP
@@ -114,6 +114,9 @@ class DTISprites(nn.Module):
             self.bkg_params = nn.Parameter(sprite_init.init_images(M, cfg.get("bkg_init", "constant"), C, self.img_size,
                                                        BACKGROUND_VALUE, std, init_images))
         self.register_buffer("cur_epoch", torch.zeros((), dtype=torch.long))
+        # The epoch as a Python int too: a forward reads it (frozen sprites) and must not read a GPU buffer.
+        self._epoch = 0
+        self.register_load_state_dict_post_hook(_follow_loaded_epoch)
 
         # Encoder and transformation heads (all sharing the encoder's features).
         self.encoder = Encoder(C, self.img_size, cfg.get("encoder_name", "resnet20"), cfg.get("with_pool", True))
@@ -152,7 +155,7 @@ class DTISprites(nn.Module):
 
     @property
     def are_sprites_frozen(self) -> bool:
-        return self.freeze_milestone > 0 and int(self.cur_epoch) < self.freeze_milestone
+        return self.freeze_milestone > 0 and self._epoch < self.freeze_milestone
 
     @property
     def prototypes(self) -> torch.Tensor:
@@ -180,13 +183,14 @@ class DTISprites(nn.Module):
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch counter and the curriculum (module activations) and freeze state it implies."""
-        self.cur_epoch.fill_(int(epoch))
+        self._epoch = int(epoch)
+        self.cur_epoch.fill_(self._epoch)
         for tsf in self._transformers():
             tsf.set_epoch(int(epoch))
 
     def step_epoch(self) -> None:
         """Advance one epoch (call at the end of each training epoch, as upstream's ``model.step()``)."""
-        self.set_epoch(int(self.cur_epoch) + 1)
+        self.set_epoch(self._epoch + 1)
 
     def _transformers(self) -> list[TransformSequence]:
         out = [self.sprite_tsf]
@@ -206,7 +210,9 @@ class DTISprites(nn.Module):
     # ------------------------------------------------------------------------------------------------
 
     def check_input(self, x: object) -> torch.Tensor:
-        """Validate a batch of images ``(B, C, H, W)`` for this model."""
+        """Validate a batch of images ``(B, C, H, W)`` for this model: shape, dtype and device, and finite
+        values without a host read (see :func:`dtifast.ops._checks.assert_finite`). The model's ops then
+        skip their own value checks (unless turned on, :func:`dtifast.ops.value_checks`)."""
         check_tensor(x, "x", ndim=4)
         check_shape(x, "x", (None, self.n_channels, *self.img_size))
         dtype = self.prototype_params.dtype
@@ -214,6 +220,7 @@ class DTISprites(nn.Module):
             raise TypeError(f"x has dtype {x.dtype} but the model's parameters are {dtype}; convert one of them")
         if x.device != self.prototype_params.device:
             raise ValueError(f"x is on {x.device} but the model is on {self.prototype_params.device}")
+        assert_finite(x, "x")
         return x
 
     def _sprite_bank(self, with_noise: bool) -> torch.Tensor:
@@ -453,7 +460,9 @@ class DTISprites(nn.Module):
         if out.selection is not None:
             return out.selection.mean(2)
         best = out.distances.argmin(1) % self.n_sprites
-        return torch.bincount(best, minlength=self.n_sprites).to(out.distances.dtype) / best.numel()
+        # A scatter rather than bincount, which reads the largest index back to size its output.
+        counts = out.distances.new_zeros(self.n_sprites).scatter_add_(0, best, torch.ones_like(best, dtype=out.distances.dtype))
+        return counts / max(best.numel(), 1)
 
     @torch.no_grad()
     def reassign_empty_clusters(self, proportions: torch.Tensor,
@@ -499,6 +508,11 @@ class DTISprites(nn.Module):
         for head in self.sprite_tsf.heads.values():
             for param in list(head.weights) + list(head.biases):
                 _copy_moments(optimizer, param, pairs)
+
+
+def _follow_loaded_epoch(model: DTISprites, incompatible_keys: object) -> None:
+    # A loaded state brings its epoch counter: re-derive the curriculum and freeze state from it.
+    model.set_epoch(int(model.cur_epoch))
 
 
 def _copy_moments(optimizer: torch.optim.Optimizer, param: torch.Tensor, pairs: list[tuple[int, int]]) -> None:

@@ -140,3 +140,21 @@ class Encoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x).flatten(1)
+
+
+def autocast_encoder(model: torch.nn.Module, device_type: str) -> None:
+    """Run ``model.encoder`` under bf16 autocast and hand float32 features to the rest (``--amp bf16``).
+
+    The encoder's convolutions are where bf16 pays; the transformation heads, the warps and the
+    compositing stay in float32, where the greedy selection compares small reconstruction errors (and
+    where the fused ops expect one dtype for images and parameters). Only this instance's ``forward`` is
+    replaced, so the state dict and checkpoints are unchanged.
+    """
+    encoder = model.encoder
+    inner = encoder.forward
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return inner(x).float()
+
+    encoder.forward = forward

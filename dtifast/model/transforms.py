@@ -91,6 +91,9 @@ class TransformSequence(nn.Module):
         self.grid_size, self.backend = grid_size, backend
         self.milestones = list(curriculum) if curriculum else [0] * (len(self.specs) - 1)
         self.register_buffer("activations", torch.tensor(initial_activations(len(self.specs), curriculum)))
+        # The flags as Python bools too: a forward picks its modules from them and must not read a GPU buffer.
+        self._active = initial_activations(len(self.specs), curriculum)
+        self.register_load_state_dict_post_hook(_follow_loaded_activations)
         # heads[str(i)] for module i when it has parameters (identity has none).
         self.heads = nn.ModuleDict({
             str(i): BatchedMLP(n_heads, in_features, spec.n_params, n_hidden_layers)
@@ -101,13 +104,19 @@ class TransformSequence(nn.Module):
         return all(s.kind == "identity" for s in self.specs)
 
     def active_specs(self) -> list[tuple[int, ModuleSpec]]:
-        return [(i, s) for i, s in enumerate(self.specs) if bool(self.activations[i]) and s.kind != "identity"]
+        return [(i, s) for i, s in enumerate(self.specs) if self._active[i] and s.kind != "identity"]
 
     def set_epoch(self, epoch: int) -> None:
         """Activate every module whose milestone has passed (never deactivates, as upstream)."""
         for i, m in enumerate(self.milestones, start=1):
             if epoch >= m:
                 self.activations[i] = True
+                self._active[i] = True
+
+    def set_activations(self, flags: torch.Tensor) -> None:
+        """Set which modules are active (e.g. from an upstream checkpoint's curriculum state)."""
+        self.activations.copy_(flags)
+        _follow_loaded_activations(self, None)
 
     def predict(self, features: torch.Tensor) -> dict[int, torch.Tensor]:
         """Parameters ``{module index: (G, B, P)}`` of the active modules."""
@@ -146,6 +155,10 @@ class TransformSequence(nn.Module):
     def copy_head(self, dst: int, src: int) -> None:
         for head in self.heads.values():
             head.copy_head(dst, src)
+
+
+def _follow_loaded_activations(module: TransformSequence, incompatible_keys: object) -> None:
+    module._active = [bool(a) for a in module.activations.tolist()]
 
 
 def apply_module(kind: str, x: torch.Tensor, params: torch.Tensor, out_size: Sequence[int], padding: str,

@@ -8,35 +8,32 @@ Backends:
 * ``triton`` — the fused Triton kernels on CUDA tensors (or CPU tensors under ``TRITON_INTERPRET=1``).
 
 Precedence: the ``backend=`` argument > the ``DTIFAST_BACKEND`` environment variable > the device's
-default (``triton`` on CUDA, ``cpu`` on CPU). A default backend that does not implement an op yet
-leaves that op to ``torch``; an explicitly chosen backend that lacks the op, or that cannot be
-imported, is an error that says what to install. Nothing falls back silently once chosen.
+default (``triton`` on CUDA, ``cpu`` on CPU). A default backend that does not implement an op leaves
+that op to ``torch``; an explicitly chosen backend that lacks the op, or that cannot be loaded, is an
+error that says what to install. Nothing falls back silently once chosen.
 
-Each backend is a module that defines a function named after every op it implements, with the same
-signature as the public op (without ``backend``).
+Each op family module declares its ops with :func:`register` (which compiled kernels the ``cpu`` /
+``cuda`` backends need, whether Triton has the op, which dtypes each backend takes); the public op then
+calls :func:`select` once per call and runs the chosen backend.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
-from types import ModuleType
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-BACKEND_MODULES = {
-    "torch": "dtifast.ops.reference",
-    "cpu": "dtifast.ops._native",
-    "cuda": "dtifast.ops._native",
-    "triton": "dtifast.ops._triton",
-}
-BACKENDS = tuple(BACKEND_MODULES)
+BACKENDS = ("torch", "cpu", "cuda", "triton")
 DEFAULT_BACKEND = {"cuda": "triton", "cpu": "cpu"}
+NATIVE_DTYPES = (torch.float32, torch.float64)
+ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INSTALL_HINT = {
     "cpu": "reinstall dtifast with `pip install --no-build-isolation -e .` so that dtifast._C is built",
     "cuda": "install dtifast on a machine whose torch has CUDA and nvcc, so that the CUDA kernels are built",
     "triton": "install Triton (`pip install triton`) and use CUDA tensors (or TRITON_INTERPRET=1 on CPU)",
-    "torch": "this should never fail; report a bug",
 }
 
 
@@ -44,8 +41,44 @@ class BackendError(RuntimeError):
     """A requested backend is missing, cannot run on the given device, or lacks the op."""
 
 
-def _triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+@dataclass(frozen=True)
+class OpSpec:
+    """Which backends implement one public op.
+
+    Attributes:
+        name: the public op's name (``dtifast.ops.<name>``).
+        function: the public op (called with ``backend=`` by :func:`resolve`).
+        native: the ``dtifast._C`` ops that the ``cpu`` / ``cuda`` backends call; empty: no native version.
+            A native backend has the op on a device only where every one of them has a kernel for it.
+        triton: whether the ``triton`` backend has the op.
+        native_dtypes, triton_dtypes: the dtypes those backends take.
+    """
+    name: str
+    function: Callable
+    native: tuple[str, ...] = ()
+    triton: bool = False
+    native_dtypes: tuple[torch.dtype, ...] = NATIVE_DTYPES
+    triton_dtypes: tuple[torch.dtype, ...] = ALL_DTYPES
+
+
+_OPS: dict[str, OpSpec] = {}
+
+
+def register(spec: OpSpec) -> None:
+    """Declare a public op's backends (called once per op by its family module)."""
+    _OPS[spec.name] = spec
+
+
+def registered_ops() -> tuple[str, ...]:
+    """The names of every public op that dispatches to backends."""
+    return tuple(_OPS)
+
+
+def triton_on_cpu() -> bool:
+    """Whether the Triton backend takes CPU tensors: under ``TRITON_INTERPRET=1`` (kernels run in NumPy), or
+    ``DTIFAST_TRITON_COMPILE_ONLY=1``, set by the compile check (:mod:`dtifast.bench.compile`), which drives
+    the launchers with CPU tensors through their GPU branch and compiles each launch instead of running it."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1" or os.environ.get("DTIFAST_TRITON_COMPILE_ONLY", "0") == "1"
 
 
 def _check_device(backend: str, device: torch.device) -> None:
@@ -53,7 +86,7 @@ def _check_device(backend: str, device: torch.device) -> None:
         "torch": True,
         "cpu": device.type == "cpu",
         "cuda": device.type == "cuda",
-        "triton": device.type == "cuda" or (device.type == "cpu" and _triton_interpreted()),
+        "triton": device.type == "cuda" or (device.type == "cpu" and triton_on_cpu()),
     }[backend]
     if not ok:
         where = "CUDA tensors" if backend in ("cuda", "triton") else "CPU tensors"
@@ -61,53 +94,107 @@ def _check_device(backend: str, device: torch.device) -> None:
         raise BackendError(f"backend {backend!r} runs on {where}{extra}, got tensors on {device}")
 
 
-def _load(backend: str) -> ModuleType:
+@functools.lru_cache(maxsize=None)
+def native_error() -> Optional[str]:
+    """Why ``dtifast._C`` cannot be loaded, or None when it is."""
     try:
-        return importlib.import_module(BACKEND_MODULES[backend])
+        importlib.import_module("dtifast._C")
     except ImportError as err:
-        raise BackendError(f"backend {backend!r} is not available ({err}); {_INSTALL_HINT[backend]}") from err
+        return str(err)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def triton_error() -> Optional[str]:
+    """Why the Triton kernels cannot be loaded, or None when they can."""
+    try:
+        importlib.import_module("triton")
+    except ImportError as err:
+        return str(err)
+    return None
+
+
+def _loadable(backend: str) -> Optional[str]:
+    if backend in ("cpu", "cuda"):
+        return native_error()
+    return triton_error() if backend == "triton" else None
+
+
+def _has_kernel(op: str, key: str) -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"dtifast::{op}", key)
+    except RuntimeError:  # an extension built from older sources lacks the op altogether
+        return False
+
+
+def _has_native_kernels(spec: OpSpec, device: torch.device) -> bool:
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    return bool(spec.native) and key is not None and all(_has_kernel(op, key) for op in spec.native)
+
+
+def implements(backend: str, op: str, device: torch.device) -> bool:
+    """Whether ``backend`` (loaded) has ``op`` for tensors on ``device``'s type."""
+    spec = _OPS[op]
+    if backend == "torch":
+        return True
+    if _loadable(backend) is not None:
+        return False
+    if backend in ("cpu", "cuda"):
+        return device.type == backend and _has_native_kernels(spec, device)
+    return spec.triton
 
 
 def requested_backend(backend: Optional[str]) -> Optional[str]:
     """The explicitly requested backend (argument, then ``DTIFAST_BACKEND``), validated, or None."""
     chosen = backend if backend is not None else (os.environ.get("DTIFAST_BACKEND") or None)
-    if chosen is not None and chosen not in BACKEND_MODULES:
+    if chosen is not None and chosen not in BACKENDS:
         source = "backend" if backend is not None else "DTIFAST_BACKEND"
         raise ValueError(f"{source} must be one of {BACKENDS}, got {chosen!r}")
     return chosen
 
 
-def _implementation(backend: str, op: str, device: torch.device) -> Optional[Callable]:
-    # A backend module may say per device which of its ops it has kernels for (the compiled extension
-    # serves both ``cpu`` and ``cuda`` and may lack some CUDA kernels).
-    module = _load(backend)
-    impl = getattr(module, op, None)
-    implements = getattr(module, "implements", None)
-    if impl is not None and implements is not None and not implements(op, device):
-        return None
-    return impl
+def _check_loadable(backend: str) -> None:
+    why = _loadable(backend)
+    if why is not None:
+        raise BackendError(f"backend {backend!r} is not available ({why}); {_INSTALL_HINT[backend]}")
 
 
-def resolve(op: str, backend: Optional[str], device: torch.device) -> tuple[str, Callable]:
-    """Pick the backend for ``op`` on ``device`` and return ``(name, implementation)``."""
+def _check_dtype(backend: str, op: str, dtype: Optional[torch.dtype]) -> None:
+    spec = _OPS[op]
+    allowed = {"cpu": spec.native_dtypes, "cuda": spec.native_dtypes, "triton": spec.triton_dtypes}.get(backend)
+    if dtype is not None and allowed is not None and dtype not in allowed:
+        names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"backend {backend!r} runs {op} on ({names}) tensors, got {str(dtype).replace('torch.', '')}; "
+                        "use backend='torch' for other dtypes")
+
+
+def select(op: str, backend: Optional[str], device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+    """The backend that runs ``op`` on ``device`` (see the module docstring for the rules).
+
+    Raises:
+        ValueError: ``backend`` (or ``DTIFAST_BACKEND``) is not a backend name.
+        BackendError: the chosen backend cannot be loaded, does not run on ``device`` or lacks ``op``.
+        TypeError: the chosen backend does not take ``dtype``.
+    """
     chosen = requested_backend(backend)
     if chosen is None:
         default = DEFAULT_BACKEND.get(device.type, "torch")
-        # A default backend that is importable but does not cover this op leaves it to the reference;
-        # one that cannot be imported at all is still an error.
-        impl = _implementation(default, op, device)
-        if impl is None:
-            return "torch", getattr(_load("torch"), op)
-        _check_device(default, device)
-        return default, impl
+        _check_loadable(default)
+        chosen = default if implements(default, op, device) else "torch"
+    else:
+        _check_device(chosen, device)
+        _check_loadable(chosen)
+        if not implements(chosen, op, device):
+            raise BackendError(f"backend {chosen!r} does not implement {op!r} for {device.type} tensors; "
+                               "use backend='torch' or another backend")
     _check_device(chosen, device)
-    impl = _implementation(chosen, op, device)
-    if impl is None:
-        raise BackendError(f"backend {chosen!r} does not implement {op!r} for {device.type} tensors; "
-                           "use backend='torch' or another backend")
-    return chosen, impl
+    _check_dtype(chosen, op, dtype)
+    return chosen
 
 
-def call(op: str, backend: Optional[str], device: torch.device, *args, **kwargs):
-    """Run ``op`` on the resolved backend."""
-    return resolve(op, backend, device)[1](*args, **kwargs)
+def resolve(op: str, backend: Optional[str], device: torch.device) -> tuple[str, Callable]:
+    """``(name, function)``: the backend that runs ``op`` on ``device`` and the public op bound to it."""
+    if op not in _OPS:
+        raise ValueError(f"unknown op {op!r}; the ops are {sorted(_OPS)}")
+    name = select(op, backend, device)
+    return name, functools.partial(_OPS[op].function, backend=name)

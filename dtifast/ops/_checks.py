@@ -1,8 +1,14 @@
-"""Input validation shared by every op and backend.
+"""Input validation shared by every op family.
 
 Each check raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong shape, device,
-value) with a message that says what was expected and what came. Backends call these before launching
-anything, so that a kernel never sees bad input.
+value) with a message that says what was expected and what came. The public ops call them once, before
+any backend runs, so that a kernel never sees bad input; backends assume valid input.
+
+Checks of tensor *metadata* (type, dtype, shape, device) cost nothing and always run. Checks of tensor
+*values* (NaN/inf, index range) read the data, which on a GPU stalls the host until the device has caught
+up. They are off by default: a training step validates its batch once at the model's entry instead
+(:meth:`dtifast.model.DTISprites.check_input`). Turn them on per block with :func:`value_checks`, for the
+process with :func:`set_value_checks`, or with ``DTIFAST_VALUE_CHECKS=1`` in the environment.
 """
 from __future__ import annotations
 
@@ -14,25 +20,40 @@ import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 PADDING_MODES = ("zeros", "border")
-# The finite-value check reads the data (a device sync on CUDA); DTIFAST_CHECK_FINITE=0 turns it off
-# in hot loops that have already validated their inputs once.
-CHECK_FINITE = os.environ.get("DTIFAST_CHECK_FINITE", "1") != "0"
+VALUE_CHECKS = os.environ.get("DTIFAST_VALUE_CHECKS", "0") == "1"
+
+
+def set_value_checks(enabled: bool) -> None:
+    """Turn the ops' value checks (NaN/inf inputs, index range) on or off for the whole process."""
+    global VALUE_CHECKS
+    VALUE_CHECKS = bool(enabled)
+
+
+def value_checks_enabled() -> bool:
+    """Whether the ops check input values (see :func:`set_value_checks`)."""
+    return VALUE_CHECKS
 
 
 @contextlib.contextmanager
-def finite_checks(enabled: bool) -> Iterator[None]:
-    """Turn the finite-value input check on or off inside a ``with`` block; the old setting comes back after."""
-    global CHECK_FINITE
-    old, CHECK_FINITE = CHECK_FINITE, bool(enabled)
+def value_checks(enabled: bool = True) -> Iterator[None]:
+    """Turn the ops' value checks on (or off) inside a ``with`` block; the old setting comes back after.
+
+    Example:
+        >>> with value_checks():
+        ...     softclip(torch.tensor([float("nan")]))  # raises ValueError: x contains NaN or inf values
+    """
+    old = VALUE_CHECKS
+    set_value_checks(enabled)
     try:
         yield
     finally:
-        CHECK_FINITE = old
+        set_value_checks(old)
 
 
 def check_tensor(t: object, name: str, ndim: int | None = None, dtypes: Iterable[torch.dtype] = FLOAT_DTYPES,
                  finite: bool = True) -> torch.Tensor:
-    """Check that ``t`` is a tensor with ``ndim`` dims, one of ``dtypes`` and (optionally) finite values."""
+    """Check that ``t`` is a tensor with ``ndim`` dims and one of ``dtypes``; with ``finite``, and value checks
+    on (:func:`set_value_checks`), also that its values are finite."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     dtypes = tuple(dtypes)
@@ -41,7 +62,7 @@ def check_tensor(t: object, name: str, ndim: int | None = None, dtypes: Iterable
         raise TypeError(f"{name} must have dtype in ({names}), got {str(t.dtype).replace('torch.', '')}")
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must be a {ndim}-D tensor, got shape {tuple(t.shape)}")
-    if finite and CHECK_FINITE and t.is_floating_point() and not _is_meta(t) and not bool(torch.isfinite(t).all()):
+    if finite and VALUE_CHECKS and t.is_floating_point() and not _is_meta(t) and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or inf values")
     return t
 
@@ -88,19 +109,20 @@ def check_padding(padding: object) -> str:
 
 
 def check_warp_inputs(x: torch.Tensor, params: torch.Tensor, n_params: int | tuple[int, ...],
-                      out_size: object, padding: object) -> tuple[int, int]:
-    """Validate the common warp signature: ``x`` (N, C, h, w), ``params`` (N, *n_params)."""
+                      out_size: object, padding: object, name: str = "params") -> tuple[int, int]:
+    """Validate the common warp signature: ``x`` (N, C, h, w), ``params`` (N, *n_params) (called ``name``)."""
     check_tensor(x, "x", ndim=4)
     shape = (n_params,) if isinstance(n_params, int) else tuple(n_params)
-    check_tensor(params, "params", ndim=1 + len(shape))
-    check_shape(params, "params", (x.shape[0], *shape))
-    check_same_device_dtype(("x", x), ("params", params))
+    check_tensor(params, name, ndim=1 + len(shape))
+    check_shape(params, name, (x.shape[0], *shape))
+    check_same_device_dtype(("x", x), (name, params))
     check_padding(padding)
     return check_out_size(out_size)
 
 
 def check_index(index: Optional[torch.Tensor], n_inputs: int, n_outputs: int, device: torch.device) -> None:
-    """Validate an optional input index: int64 ``(n_outputs,)`` with values in ``[0, n_inputs)``."""
+    """Validate an optional input index: int64 ``(n_outputs,)`` on ``device``; with value checks on
+    (:func:`set_value_checks`), also that its values are in ``[0, n_inputs)``."""
     if index is None:
         if n_inputs != n_outputs:
             raise ValueError(f"without an index, x and params must have the same length, got {n_inputs} images "
@@ -110,21 +132,22 @@ def check_index(index: Optional[torch.Tensor], n_inputs: int, n_outputs: int, de
     check_shape(index, "index", (n_outputs,))
     if index.device != device:
         raise ValueError(f"index is on {index.device} but x is on {device}")
-    if n_outputs and not _is_meta(index) and (int(index.min()) < 0 or int(index.max()) >= n_inputs):
+    if VALUE_CHECKS and n_outputs and not _is_meta(index) and (int(index.min()) < 0 or int(index.max()) >= n_inputs):
         raise ValueError(f"index values must be in [0, {n_inputs}), got range "
                          f"[{int(index.min())}, {int(index.max())}]")
 
 
 def check_indexed_warp_inputs(x: torch.Tensor, params: torch.Tensor, n_params: int | tuple[int, ...],
-                              out_size: object, padding: object, index: Optional[torch.Tensor]) -> tuple[int, int]:
+                              out_size: object, padding: object, index: Optional[torch.Tensor],
+                              name: str = "params") -> tuple[int, int]:
     """:func:`check_warp_inputs` where, with ``index`` ``(N,)``, ``x`` ``(K, C, h, w)`` holds K shared
     inputs and output n warps ``x[index[n]]``; returns ``out_size``."""
     check_tensor(x, "x", ndim=4)
-    check_tensor(params, "params")
+    check_tensor(params, name)
     rows = params.shape[0] if params.dim() else 0
     # check_warp_inputs ties params to x's batch; with an index, x holds the shared inputs instead.
     x_view = x if index is None else x[:1].expand(rows, *x.shape[1:])
-    out_size = check_warp_inputs(x_view, params, n_params, out_size, padding)
+    out_size = check_warp_inputs(x_view, params, n_params, out_size, padding, name)
     check_index(index, x.shape[0], rows, x.device)
     return out_size
 
@@ -248,3 +271,49 @@ def check_sprite_space_inputs(x: torch.Tensor, sprites: torch.Tensor, params: to
 def _is_meta(t: torch.Tensor) -> bool:
     # Fake/meta tensors (torch.compile tracing, register_fake) carry no data to inspect.
     return t.device.type == "meta" or type(t).__name__ == "FakeTensor"
+
+
+MAX_FUSED_LAYERS = 16  # csrc/composite.h kMaxLayers; the Triton layer tiles are sized for the same bound
+
+
+def check_max_layers(L: int, backend: str) -> None:
+    """The fused backends keep a pixel's per-layer state in registers: at most 16 layers."""
+    if L > MAX_FUSED_LAYERS:
+        raise ValueError(f"backend {backend!r} takes at most {MAX_FUSED_LAYERS} layers, got {L}; "
+                         "use backend='torch' for more")
+
+
+def check_place_inputs(sprites: torch.Tensor, params: torch.Tensor, out_size: object,
+                       noise: Optional[torch.Tensor]) -> tuple[int, int]:
+    """Validate :func:`dtifast.ops.place_sprites`' ``sprites`` ``(N, C + E, h, w)`` (E = 1: mask; E = 2:
+    mask and canvas, with ``noise``), ``params`` ``(N, 3)`` and ``noise`` ``(N, 1, H, W)``; returns out_size."""
+    out_size = check_warp_inputs(sprites, params, 3, out_size, "zeros")
+    n_extra = 1 if noise is None else 2
+    if sprites.shape[1] <= n_extra:
+        extras = "mask, canvas" if noise is not None else "mask"
+        raise ValueError(f"sprites must have C colour channels + {n_extra} ({extras}), got {sprites.shape[1]} channels")
+    if noise is not None:
+        check_tensor(noise, "noise", ndim=4)
+        check_shape(noise, "noise", (sprites.shape[0], 1, *out_size))
+        check_same_device_dtype(("sprites", sprites), ("noise", noise))
+    return out_size
+
+
+def assert_finite(t: torch.Tensor, name: str) -> None:
+    """Stop on NaN/inf in ``t`` without reading it back to the host.
+
+    On the CPU the check runs at once and raises ``ValueError``; on a GPU it is a device-side assertion
+    queued with the other kernels (no sync), which fails the process at its next synchronisation if a
+    value is not finite. (The trainer also checks each batch on the host before moving it to the GPU,
+    so that a bad batch gets a clear message there.)
+    """
+    if _is_meta(t) or t.numel() == 0:
+        return
+    message = f"{name} contains NaN or inf values"
+    if torch.compiler.is_compiling():
+        torch._assert_async(torch.isfinite(t).all(), message)
+        return
+    try:
+        torch._assert_async(torch.isfinite(t).all(), message)
+    except RuntimeError as err:
+        raise ValueError(message) from err

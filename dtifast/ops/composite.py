@@ -1,8 +1,16 @@
-"""Fused Triton layer compositing registered as ``dtifast::composite_layers_triton`` with autograd.
+"""Occlusion-aware layer compositing, on every backend.
 
-Forward and backward are single kernels over (image, pixel block) programs (see
-:mod:`dtifast.kernels.composite`); the backward returns gradients for the layers, the masks, the
-occlusion matrix (per-block partial sums, no atomics) and the background.
+Public ops: :func:`composite_layers` (L layers over an optional background, with an occlusion matrix) and
+:func:`composite_candidates` (every sprite over every background: the single-object model's candidates).
+
+Where each part lives:
+
+* reference (the ``torch`` backend): :func:`dtifast.ops.reference.composite_layers`, ``composite_candidates``;
+* Triton kernels: ``kernels/composite.py`` (the layer-tile helpers are shared with the render loss);
+* C++ and CUDA kernels: ``csrc/composite.cpp`` + ``csrc/composite.h``, ``csrc/cuda/composite.cu`` +
+  ``bind_composite.cpp``;
+* custom ops (one contract, :mod:`dtifast.ops._library`):
+  ``dtifast::composite_layers(layers, masks, occlusion, background)`` and its ``_triton`` twin.
 """
 from __future__ import annotations
 
@@ -10,67 +18,102 @@ from typing import Optional
 
 import torch
 
-from dtifast.kernels import composite as kc
+from . import reference
+from ._backend import OpSpec, native_error, register, select
+from ._checks import check_candidate_inputs, check_composite_inputs, check_max_layers
+from ._library import fused_op, register_autograd
 
-from ._checks import check_composite_inputs
-
-__all__ = ["composite_layers"]
+__all__ = ["composite_layers", "composite_candidates"]
 
 
 @torch.library.custom_op("dtifast::composite_layers_triton", mutates_args=())
-def _composite(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
-               background: Optional[torch.Tensor]) -> torch.Tensor:
-    return kc.composite_forward(layers, masks, occlusion, background)
-
-
-@torch.library.register_fake("dtifast::composite_layers_triton")
-def _(layers, masks, occlusion, background):
-    return layers.new_empty(layers.shape[1:])
+def _composite_triton(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
+                      background: Optional[torch.Tensor]) -> torch.Tensor:
+    from dtifast.kernels import composite as kernels
+    return kernels.composite_forward(layers, masks, occlusion, background)
 
 
 @torch.library.custom_op("dtifast::composite_layers_backward_triton", mutates_args=())
-def _composite_backward(grad: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
-                        background: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                    torch.Tensor]:
-    dlayers, dmasks, docc, dbg = kc.composite_backward(grad, layers, masks, occlusion, background)
-    # A custom op returns tensors only: an empty tensor stands for "no background".
-    return dlayers, dmasks, docc, dbg if dbg is not None else layers.new_empty(0)
+def _composite_backward_triton(grad: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor,
+                               occlusion: torch.Tensor, background: Optional[torch.Tensor], need_layers: bool,
+                               need_masks: bool, need_occlusion: bool, need_background: bool
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from dtifast.kernels import composite as kernels
+    grads = kernels.composite_backward(grad, layers, masks, occlusion, background)
+    needs = (need_layers, need_masks, need_occlusion, need_background)
+    return tuple(g if g is not None and need else layers.new_empty(0) for g, need in zip(grads, needs))
 
 
-@torch.library.register_fake("dtifast::composite_layers_backward_triton")
-def _(grad, layers, masks, occlusion, background):
-    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
-    return like(layers), like(masks), like(occlusion), like(background) if background is not None else layers.new_empty(0)
+def _composite_fake(layers, masks, occlusion, background):
+    return layers.new_empty(layers.shape[1:])
 
 
-def _setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx, grad):
-    layers, masks, occlusion, background = ctx.saved_tensors
-    dlayers, dmasks, docc, dbg = _composite_backward(grad, layers, masks, occlusion, background)
-    need = ctx.needs_input_grad
-    return (dlayers if need[0] else None, dmasks if need[1] else None, docc if need[2] else None,
-            dbg if background is not None and need[3] else None)
-
-
-torch.library.register_autograd("dtifast::composite_layers_triton", _backward, setup_context=_setup)
+for _name in (["composite_layers"] if native_error() is None else []) + ["composite_layers_triton"]:
+    register_autograd(_name, forward_fake=_composite_fake, n_diff=4)
 
 
 def composite_layers(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
-                     background: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Fused :func:`dtifast.ops.reference.composite_layers`.
+                     background: Optional[torch.Tensor] = None, *, backend: Optional[str] = None) -> torch.Tensor:
+    """Occlusion-aware composition of L layers (optionally over a background).
 
     .. math:: \\mathrm{out} = \\sum_k \\prod_{j \\ne k} (1 - o_{jk}\\, m_j)\\; m_k\\, x_k
               \\; + \\prod_j (1 - m_j)\\, \\mathrm{bg}
 
+    **Convention:** ``occlusion[j, k, b]`` is how much layer j hides layer k in image b (upstream:
+    ``o = tril(σ(head), -1)`` and ``o_{kj} = 1 - o_{jk}`` above the diagonal, or the fixed
+    ``tril(1, -1)``); the diagonal is ignored. A background has mask 1, is hidden by every layer
+    (``o_{j,bg} = 1``) and hides none.
+
     Args:
-        layers: ``(L, B, C, H, W)``; masks: ``(L, B, 1, H, W)``; occlusion: ``(L, L, B)`` (diagonal ignored);
-        background: ``(B, C, H, W)`` or None.
+        layers: ``(L, B, C, H, W)`` colours (the fused backends take ``L <= 16``).
+        masks: ``(L, B, 1, H, W)`` alpha masks.
+        occlusion: ``(L, L, B)``.
+        background: optional ``(B, C, H, W)``.
+        backend: see :mod:`dtifast.ops._backend`.
 
     Returns:
         ``(B, C, H, W)``.
+
+    Example:
+        >>> occ = torch.tril(torch.ones(2, 2), -1)[..., None].expand(2, 2, 3)
+        >>> composite_layers(torch.rand(2, 3, 3, 4, 4), torch.rand(2, 3, 1, 4, 4), occ).shape
+        torch.Size([3, 3, 4, 4])
     """
     check_composite_inputs(layers, masks, occlusion, background)
-    return _composite(layers, masks, occlusion, background)
+    name = select("composite_layers", backend, layers.device, layers.dtype)
+    if name == "torch":
+        return reference.composite_layers(layers, masks, occlusion, background)
+    check_max_layers(layers.shape[0], name)
+    return fused_op("composite_layers", name)(layers, masks, occlusion, background)
+
+
+def composite_candidates(layers: torch.Tensor, masks: torch.Tensor, backgrounds: Optional[torch.Tensor] = None, *,
+                         backend: Optional[str] = None) -> torch.Tensor:
+    """All K·M single-layer compositions of K sprites over M backgrounds (the single-object model).
+
+    .. math:: \\mathrm{out}_{m,k} = (1 - m_k)\\, \\mathrm{bg}_m + m_k\\, x_k
+
+    Args:
+        layers: ``(K, B, C, H, W)``; masks: ``(K, B, 1, H, W)``;
+        backgrounds: ``(M, B, C, H, W)`` or None (a black background).
+        backend: see :mod:`dtifast.ops._backend`.
+
+    Returns:
+        ``(B, M·K, C, H, W)``, candidate index ``m·K + k`` (upstream's order).
+    """
+    M = check_candidate_inputs(layers, masks, backgrounds)
+    name = select("composite_candidates", backend, layers.device, layers.dtype)
+    if name == "torch":
+        return reference.composite_candidates(layers, masks, backgrounds)
+    # Each of the M·K·B candidates is a one-layer composite over its own background.
+    K, B, C, H, W = layers.shape
+    n = M * K * B
+    flat_layers = layers[None].expand(M, -1, -1, -1, -1, -1).reshape(1, n, C, H, W)
+    flat_masks = masks[None].expand(M, -1, -1, -1, -1, -1).reshape(1, n, 1, H, W)
+    bg = None if backgrounds is None else backgrounds[:, None].expand(-1, K, -1, -1, -1, -1).reshape(n, C, H, W)
+    out = fused_op("composite_layers", name)(flat_layers, flat_masks, layers.new_zeros(1, 1, n), bg)
+    return out.view(M * K, B, C, H, W).transpose(0, 1)
+
+
+register(OpSpec("composite_layers", composite_layers, native=("composite_layers",), triton=True))
+register(OpSpec("composite_candidates", composite_candidates, native=("composite_layers",), triton=True))
