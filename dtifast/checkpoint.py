@@ -21,11 +21,10 @@ import torch
 import yaml
 
 FORMAT_VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"
-CONFIG_NAME = "config.yml"
+CHECKPOINT_NAME = "checkpoint.pt"  # its name in a run folder (see dtifast.runs for the whole layout)
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "capture_rng_state", "restore_rng_state",
-           "save_run_from_model", "FORMAT_VERSION", "CHECKPOINT_NAME", "CONFIG_NAME"]
+           "FORMAT_VERSION", "CHECKPOINT_NAME"]
 
 
 class CheckpointError(RuntimeError):
@@ -134,28 +133,3 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
             raise CheckpointError("the checkpoint holds CUDA RNG state but CUDA is not available; resume on a "
                                   "GPU machine or start a new run")
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_run_from_model(run_dir: str | os.PathLike, cfg: Mapping[str, Any], model: torch.nn.Module,
-                        epoch: int = 0) -> pathlib.Path:
-    """Write a run folder from a model alone (no optimizer state), e.g. an imported upstream checkpoint.
-
-    The folder gets ``config.yml`` and a ``"model"``-kind ``checkpoint.pt``. ``dtifast eval`` and
-    ``dtifast pictures`` read it like any run; ``dtifast train --resume`` continues it from ``epoch``
-    with a fresh optimizer and the learning-rate schedule caught up to that epoch.
-
-    Args:
-        run_dir: the folder to write (created if needed).
-        cfg: the run's config (validated here).
-        model: a :class:`~dtifast.model.DTISprites` (its ``img_size`` and ``n_channels`` are recorded).
-        epoch: completed epochs.
-    """
-    from .config import validate_config
-    run_dir = pathlib.Path(run_dir)
-    cfg = validate_config(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_NAME).write_text(yaml.safe_dump(cfg, sort_keys=False))
-    meta = {"img_size": [int(s) for s in model.img_size], "n_channels": int(model.n_channels), "n_classes": None}
-    return save_checkpoint(run_dir / CHECKPOINT_NAME, {
-        "kind": "model", "config": cfg, "meta": meta, "model": model.state_dict(),
-        "progress": {"epoch": int(epoch), "batch": 0, "iteration": None}})

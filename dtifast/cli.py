@@ -178,7 +178,7 @@ def _pictures_main(args: argparse.Namespace) -> int:
 
 
 def _sweep_main(args: argparse.Namespace) -> int:
-    from .train import parse_k_range, sweep_k
+    from .sweep import parse_k_range, sweep_k
     ks = parse_k_range(args.k)
     cfg = _load_train_config(args, args.config)
     result = sweep_k(cfg, ks, args.out, data_root=args.data_root, device=args.device,
@@ -191,7 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``dtifast`` console script; returns the exit status."""
     from .checkpoint import CheckpointError
     from .config import ConfigError
-    from .train import DatasetMismatchError, TrainingDivergedError
+    from .runs import DatasetMismatchError
+    from .train import TrainingDivergedError
     parser = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

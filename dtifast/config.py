@@ -17,7 +17,7 @@ import difflib
 import importlib.resources
 import pathlib
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Optional
 
 import yaml
 
@@ -255,3 +255,38 @@ def load_config(path: str | pathlib.Path, overrides: Iterable[str] = ()) -> dict
         return validate_config(raw)
     except ConfigError as err:
         raise ConfigError(f"{p}: {err}") from None
+
+
+# Keys that may differ between a checkpoint's config and the one a resumed run uses: they change how
+# long the run goes or how it logs, not what one step computes.
+RESUMABLE_KEYS = {"training.n_epoches", "training.n_iterations", "training.n_workers",
+                  "training.train_stat_interval", "training.val_stat_interval", "training.checkpoint_interval",
+                  "training.tensorboard", "training.resume", "training.pretrained", "training.visualizer_port"}
+
+
+def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def merge_resume_config(saved: Mapping[str, Any], given: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """The config of a resumed run: the checkpoint's, where ``given`` may change only :data:`RESUMABLE_KEYS`.
+
+    Raises:
+        ConfigError: ``given`` changes another key (the message lists the differences).
+    """
+    if given is None:
+        return copy.deepcopy(dict(saved))
+    a, b = _flatten(validate_config(saved)), _flatten(validate_config(given))
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RESUMABLE_KEYS)
+    if changed:
+        diffs = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed[:8])
+        raise ConfigError(f"cannot resume with a different config ({diffs}); only {sorted(RESUMABLE_KEYS)} may "
+                          "change on resume")
+    return copy.deepcopy(dict(given))

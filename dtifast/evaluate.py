@@ -22,30 +22,12 @@ from typing import Any, Mapping, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import checkpoint as ckpt
-from .config import validate_config
 from .metrics import ari, clustering_accuracy, confusion_matrix, scores_from_confusion
+from .runs import EVAL_NAME, check_dataset_matches, load_run, val_target_kwargs
 
-EVAL_NAME = "eval.json"
 N_EVAL_IMAGES = 320  # the paper evaluates on the first 320 images
 
-__all__ = ["load_run", "evaluate_model", "evaluate_run", "EVAL_NAME"]
-
-
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu"
-             ) -> tuple[dict[str, Any], torch.nn.Module, dict[str, Any]]:
-    """The config, the model (eval mode, on ``device``) and the checkpoint of a run folder."""
-    from .model import build_model
-    run_dir = pathlib.Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    state = ckpt.load_checkpoint(run_dir / ckpt.CHECKPOINT_NAME, map_location="cpu")
-    cfg = validate_config(state["config"])
-    meta = state["meta"]
-    model = build_model(cfg, tuple(meta["img_size"]), int(meta["n_channels"]))
-    model.load_state_dict(state["model"])
-    model.set_epoch(int(model.cur_epoch))
-    return cfg, model.to(device).eval(), state
+__all__ = ["evaluate_model", "evaluate_run", "N_EVAL_IMAGES"]
 
 
 def _split_target(target: Any) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -166,7 +148,6 @@ def evaluate_run(run_dir: str | os.PathLike, data_root: Optional[str | os.PathLi
         ``seconds``.
     """
     from .data import build_dataset
-    from .train import check_dataset_matches, _val_target_kwargs
     device = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")
     run_dir = pathlib.Path(run_dir)
@@ -174,7 +155,7 @@ def evaluate_run(run_dir: str | os.PathLike, data_root: Optional[str | os.PathLi
     cfg, model, state = load_run(run_dir, device)
     probe = build_dataset(cfg["dataset"], "eval", data_root, cache="none")  # metadata only, decodes nothing
     check_dataset_matches(cfg, probe, state.get("meta"))
-    dataset = build_dataset(cfg["dataset"], "eval", data_root, **_val_target_kwargs(probe))
+    dataset = build_dataset(cfg["dataset"], "eval", data_root, **val_target_kwargs(probe))
     result = evaluate_model(model, dataset, batch_size=batch_size or cfg["training"]["batch_size"], device=device,
                             n_images=n_images)
     progress = state.get("progress", {})

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .evaluate import EVAL_NAME
+from .runs import EVAL_NAME
 
 DEFAULT_METRICS = ("ari_fg", "ari", "macc", "miou", "acc")
 Z_THRESHOLD = 3.5

@@ -311,8 +311,7 @@ def make_pictures(run_dir: str | pathlib.Path, out_dir: str | pathlib.Path | Non
         ``{picture name: path}``.
     """
     from .data import build_dataset
-    from .evaluate import load_run
-    from .train import TRAIN_LOG, VAL_LOG
+    from .runs import TRAIN_LOG, VAL_LOG, load_run
     if not isinstance(n_images, int) or n_images < 1:
         raise ValueError(f"n_images must be a positive int, got {n_images!r}")
     run_dir = pathlib.Path(run_dir)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dtifast import checkpoint as ckpt
+from dtifast import runs
 from dtifast.checkpoint import (CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state,
                                 save_checkpoint)
 
@@ -75,11 +76,11 @@ def test_save_run_from_model(tmp_path):
     from dtifast.model import build_model
     cfg = load_config("tetro", ["model.encoder_name=resnet20"])
     model = build_model(cfg, (35, 35), 3)
-    ckpt.save_run_from_model(tmp_path / "run", cfg, model, epoch=7)
+    runs.save_run_from_model(tmp_path / "run", cfg, model, epoch=7)
     state = load_checkpoint(tmp_path / "run")
     assert state["kind"] == "model" and state["progress"]["epoch"] == 7
     assert state["meta"] == {"img_size": [35, 35], "n_channels": 3, "n_classes": None}
     assert state["config"] == cfg
-    assert (tmp_path / "run" / ckpt.CONFIG_NAME).is_file()
+    assert (tmp_path / "run" / runs.CONFIG_NAME).is_file()
     for k, v in model.state_dict().items():
         assert torch.equal(state["model"][k], v), k

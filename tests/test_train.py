@@ -11,8 +11,11 @@ import torch
 from dtifast import checkpoint as ckpt
 from dtifast.config import ConfigError, load_config
 from dtifast.evaluate import evaluate_run
-from dtifast.train import (DatasetMismatchError, EpochSampler, Trainer, TrainingDivergedError, build_optimizer,
-                           build_scheduler, lr_scale_factor, parse_k_range)
+from dtifast.distributed import EpochSampler
+from dtifast.optim import build_optimizer, build_scheduler, lr_scale_factor
+from dtifast.runs import DatasetMismatchError, save_run_from_model
+from dtifast.sweep import parse_k_range
+from dtifast.train import Trainer, TrainingDivergedError
 
 N_IMAGES = 16
 BATCH = 4  # 4 batches per epoch
@@ -158,7 +161,7 @@ def test_resume_from_a_model_only_run(tmp_path, data_root):
     cfg = tiny_cfg()
     first = Trainer(cfg, tmp_path / "a", data_root=data_root, device="cpu", progress=False)
     run_until(first, stop_at=4)  # one full epoch: the sprites unfreeze
-    ckpt.save_run_from_model(tmp_path / "b", cfg, first.model, epoch=1)
+    save_run_from_model(tmp_path / "b", cfg, first.model, epoch=1)
     warm = Trainer(None, tmp_path / "b", data_root=data_root, device="cpu", progress=False, resume=True)
     assert (warm.epoch, warm.batch, warm.iteration) == (1, 0, 4)
     assert warm.scheduler.last_epoch == 1 and not warm.model.are_sprites_frozen
