@@ -18,7 +18,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import yaml
 
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"  # its name in a run folder (see dtifast.runs for the whole layout)

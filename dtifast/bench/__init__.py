@@ -1,8 +1,10 @@
-"""``dtifast bench``: the performance report (ops, training step, peak memory, largest batch).
+"""``dtifast bench``: the performance report (ops, training step, peak memory, largest batch, and the
+memory estimate of a training step on fake CUDA tensors).
 
 Usage::
 
-    dtifast bench [--device cuda|cpu] [--out DIR] [--sections ops train max-batch] [--time-budget S]
+    dtifast bench [--device cuda|cpu] [--out DIR] [--sections ops train max-batch memory-estimate] [--time-budget S]
+    dtifast bench compile [--subset ci|full] [--archs 75,80,90] [--out DIR] …   (see dtifast.bench.compile)
 
 writes ``DIR/<dev>.json`` (one row per measurement, each with the machine), ``DIR/<dev>.md`` (tables)
 and ``DIR/<dev>_ops.png`` / ``DIR/<dev>_train.png``. Every table has the baselines: ``torch`` (the
@@ -29,7 +31,9 @@ import torch
 
 __all__ = ["add_parser", "main", "run_report", "DEVICE_DEFAULTS"]
 
-SECTIONS = ("ops", "train", "max-batch")
+SECTIONS = ("ops", "train", "max-batch", "memory-estimate")
+# The memory estimate's backends: the one CUDA tensors get by default, and the eager reference (upstream's memory).
+MEMORY_ESTIMATE_BACKENDS = ("triton", "torch")
 ALL_CONFIGS = ("tetro", "dsprites", "clevr6", "gtsrb8", "svhn", "horse", "instagram")
 
 # Per device: op shape sets and batch; training configs and batches (listed in the order they run:
@@ -42,6 +46,7 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
         "train_configs": list(ALL_CONFIGS), "train_batches": [128, 32, 512],
         "compile_op_configs": ["clevr6"], "compile_train": [("clevr6", 128), ("tetro", 128)],
         "max_batch_configs": ["clevr6", "tetro", "dsprites"],
+        "memory_configs": list(ALL_CONFIGS), "memory_batch": 128,
         "repeats": 5, "warmup": 2, "min_time_s": {"ops": 0.2, "train": 1.0}, "threads": None,
     },
     "cpu": {
@@ -52,6 +57,8 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
                           "instagram": [2], "clevr6": [2]},
         "compile_op_configs": ["tetro"], "compile_train": [("tetro", 8)],
         "max_batch_configs": ["tetro", "clevr6"], "cpu_batches": [1, 4],
+        # The estimate traces fake CUDA tensors: the same cases on every machine.
+        "memory_configs": list(ALL_CONFIGS), "memory_batch": 128,
         # More samples on the shared 2-core box: medians of many calls shrug off preemption.
         "repeats": 3, "warmup": 1, "min_time_s": {"ops": 0.5, "train": 3.0},
         # One thread: on a CPU shared with other jobs, OpenMP barriers across threads that the OS
@@ -61,7 +68,7 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
     },
 }
 # Shares of --time-budget at which each section must have finished (time left over carries on).
-SECTION_DEADLINES = {"ops": 0.35, "train": 0.8, "max-batch": 1.0}
+SECTION_DEADLINES = {"ops": 0.35, "train": 0.8, "max-batch": 1.0, "memory-estimate": 1.0}
 
 
 def _batches_per_config(configs: Sequence[str], spec: Any) -> dict[str, list[int]]:
@@ -75,7 +82,8 @@ def run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str] 
                train_configs: Optional[Sequence[str]] = None, train_batches: Optional[Sequence[int]] = None,
                compile_models: bool = True, compile_ops: bool = True,
                max_batch_configs: Optional[Sequence[str]] = None, memory_budget_gib: float = 16.0,
-               repeats: Optional[int] = None, time_budget_s: Optional[float] = None, check_finite: bool = False,
+               memory_configs: Optional[Sequence[str]] = None, memory_batch: Optional[int] = None,
+               repeats: Optional[int] = None, time_budget_s: Optional[float] = None, value_checks: bool = False,
                ops_filter: Optional[Sequence[str]] = None, threads: Optional[int] = None, command: str = "",
                quiet: bool = False) -> dict[str, Any]:
     """Run the report's sections on ``device`` and write its files into ``out``.
@@ -83,19 +91,21 @@ def run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str] 
     Args:
         device: ``cpu`` or a CUDA device.
         out: output folder (created).
-        sections: any of ``ops``, ``train``, ``max-batch``.
+        sections: any of ``ops``, ``train``, ``max-batch``, ``memory-estimate``.
         op_configs, op_batch: shape sets for the ops (default: :data:`DEVICE_DEFAULTS`).
         train_configs, train_batches: training-step cases (default: :data:`DEVICE_DEFAULTS`).
         compile_models, compile_ops: include the ``torch.compile`` baseline (for the default cases,
             only on the subset :data:`DEVICE_DEFAULTS` names; for cases given here, on all of them).
         max_batch_configs: configs for the largest-batch search.
-        memory_budget_gib: the budget of that search.
+        memory_budget_gib: the budget of that search (and of the memory estimate's).
+        memory_configs, memory_batch: configs and batch of the memory estimate (default:
+            :data:`DEVICE_DEFAULTS`), traced on fake CUDA tensors for :data:`MEMORY_ESTIMATE_BACKENDS`.
         repeats: least number of timed repeats per case (more while a case's total time is under the
             device's ``min_time_s``).
         time_budget_s: wall-clock allowance, shared among sections (:data:`SECTION_DEADLINES`); cases
             past a section's deadline are reported as skipped.
-        check_finite: keep the ops' finite-value input check on (off by default: it is a validation
-            pass that a training loop makes once, not part of an op's cost).
+        value_checks: turn the ops' value checks on (off by default, as in training: they read every
+            input, a validation pass that a training loop makes once, not part of an op's cost).
         ops_filter: only these ops.
         threads: ``torch.set_num_threads`` for the run (default: the device's entry in
             :data:`DEVICE_DEFAULTS`; None there leaves torch's default).
@@ -121,17 +131,20 @@ def run_report(device: torch.device, out: pathlib.Path, sections: Sequence[str] 
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     if memory_budget_gib <= 0:
         raise ValueError(f"memory_budget_gib must be > 0, got {memory_budget_gib}")
+    if memory_batch is not None and memory_batch < 1:
+        raise ValueError(f"memory_batch must be >= 1, got {memory_batch}")
     threads = threads if threads is not None else defaults["threads"]
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with bench_settings(threads, check_finite):
+    with bench_settings(threads, value_checks):
         return _run_sections(device, out, sections, defaults, op_configs=op_configs, op_batch=op_batch,
                              train_configs=train_configs, train_batches=train_batches,
                              compile_models=compile_models, compile_ops=compile_ops,
                              max_batch_configs=max_batch_configs, memory_budget_gib=memory_budget_gib,
-                             repeats=repeats, time_budget_s=time_budget_s, ops_filter=ops_filter,
+                             memory_configs=memory_configs, memory_batch=memory_batch, repeats=repeats,
+                             time_budget_s=time_budget_s, ops_filter=ops_filter,
                              command=command, quiet=quiet)
 
 
@@ -139,12 +152,13 @@ def _run_sections(device: torch.device, out: pathlib.Path, sections: Sequence[st
                   op_configs: Optional[Sequence[str]], op_batch: Optional[int],
                   train_configs: Optional[Sequence[str]], train_batches: Optional[Sequence[int]],
                   compile_models: bool, compile_ops: bool, max_batch_configs: Optional[Sequence[str]],
-                  memory_budget_gib: float, repeats: int, time_budget_s: Optional[float],
+                  memory_budget_gib: float, memory_configs: Optional[Sequence[str]], memory_batch: Optional[int],
+                  repeats: int, time_budget_s: Optional[float],
                   ops_filter: Optional[Sequence[str]], command: str, quiet: bool) -> dict[str, Any]:
     from .machine import machine_info
     from .ops import COMPILE, providers as op_providers
     from .report import write_json, write_markdown, write_plots
-    from .run import Budget, run_max_batch, run_ops, run_train
+    from .run import Budget, run_max_batch, run_memory_estimate, run_ops, run_train
     from .train_step import default_mix, train_providers
 
     machine = machine_info(device)
@@ -173,6 +187,11 @@ def _run_sections(device: torch.device, out: pathlib.Path, sections: Sequence[st
         eager = ["torch"] + [p for p in tr_prov if p not in ("torch", COMPILE)]
         rows += run_max_batch(max_batch_configs or defaults["max_batch_configs"], eager, device, machine, budget,
                               int(memory_budget_gib * 2**30), log, cpu_batches=defaults.get("cpu_batches", (1, 4)))
+    if "memory-estimate" in sections:
+        budget.until(SECTION_DEADLINES["memory-estimate"])
+        rows += run_memory_estimate(memory_configs or defaults["memory_configs"],
+                                    memory_batch or defaults["memory_batch"], MEMORY_ESTIMATE_BACKENDS, machine,
+                                    budget, int(memory_budget_gib * 2**30), log)
     meta = {"machine": machine, "command": command, "repeats": repeats, "min_time_s": defaults["min_time_s"],
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "seconds": time.perf_counter() - start, "op_providers": op_prov, "train_providers": tr_prov,
@@ -202,17 +221,50 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--configs", nargs="+", default=None, metavar="CONFIG", help="training-step configs")
     p.add_argument("--batches", nargs="+", type=int, default=None, help="training-step batch sizes")
     p.add_argument("--max-batch-configs", nargs="+", default=None, metavar="CONFIG")
-    p.add_argument("--memory-budget-gib", type=float, default=16.0, help="budget of the largest-batch search")
+    p.add_argument("--memory-budget-gib", type=float, default=16.0,
+                   help="budget of the largest-batch search and of the memory estimate's")
+    p.add_argument("--memory-configs", nargs="+", default=None, metavar="CONFIG",
+                   help="configs of the memory estimate (fake CUDA tensors; default: all seven)")
+    p.add_argument("--memory-batch", type=int, default=None, help="batch of the memory estimate (default 128)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per case (median reported)")
     p.add_argument("--time-budget", type=float, default=None, metavar="S",
                    help="stop starting new cases after S seconds (they are reported as skipped)")
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile baseline")
-    p.add_argument("--check-finite", action="store_true", help="keep the ops' finite-value input checks on")
+    p.add_argument("--value-checks", action="store_true",
+                   help="turn the ops' value checks (NaN/inf inputs, index range) on, as a debugging run would")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: 1 with --device cpu, see docs/benchmarks.md; torch's on CUDA)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_bench_main)
+    _add_compile_parser(p)
     return p
+
+
+def _add_compile_parser(bench: argparse.ArgumentParser) -> None:
+    """``dtifast bench compile``: the Triton compile check (:mod:`dtifast.bench.compile`)."""
+    from .compile import add_arguments
+
+    sub = bench.add_subparsers(dest="bench_command", metavar="{compile}",
+                               description="without a subcommand: the performance report")
+    p = sub.add_parser("compile", help="compile every Triton launch for sm_75/80/90 without a GPU "
+                                       "(registers, spills, shared memory, occupancy, compile time)",
+                       description="Compile every Triton kernel launch of the ops for real NVIDIA targets without "
+                                   "a GPU and report registers, spills, shared memory, occupancy and compile time "
+                                   "per kernel variant (compile.md, compile.json). See docs/benchmarks.md.")
+    add_arguments(p)
+    p.set_defaults(func=_compile_main)
+
+
+def _compile_main(args: argparse.Namespace) -> int:
+    # A fresh process: the check replaces Triton's driver, and this one may have imported the kernels.
+    from .compile import command_argv, fresh_process
+
+    try:
+        argv = command_argv(args)
+    except ValueError as err:
+        print(f"dtifast bench compile: {err}", file=sys.stderr)
+        return 2
+    return fresh_process(argv).returncode
 
 
 def _bench_main(args: argparse.Namespace) -> int:
@@ -225,7 +277,8 @@ def _bench_main(args: argparse.Namespace) -> int:
                         train_configs=args.configs, train_batches=args.batches,
                         compile_models=not args.no_compile, compile_ops=not args.no_compile,
                         max_batch_configs=args.max_batch_configs, memory_budget_gib=args.memory_budget_gib,
-                        repeats=args.repeats, time_budget_s=args.time_budget, check_finite=args.check_finite,
+                        memory_configs=args.memory_configs, memory_batch=args.memory_batch, repeats=args.repeats,
+                        time_budget_s=args.time_budget, value_checks=args.value_checks,
                         ops_filter=args.ops, threads=args.threads, command=command, quiet=args.quiet)
     for f in result["files"]:
         print(f)

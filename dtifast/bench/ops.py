@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -58,13 +58,19 @@ class Shapes:
                 f"image {self.H}x{self.W}")
 
 
+def image_size(cfg: Mapping[str, Any]) -> tuple[int, int]:
+    """``(H, W)`` of a loaded config's images: its ``dataset.img_size``, else upstream's size for the dataset."""
+    H, W = cfg["dataset"].get("img_size") or UPSTREAM_IMG_SIZES[cfg["dataset"]["name"]]
+    return int(H), int(W)
+
+
 def shapes_for(config: str, batch: int) -> Shapes:
     """Shapes of a bundled config (``tetro``, ``clevr6``, …) at batch ``batch``."""
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     cfg = load_config(config)
     model = cfg["model"]
-    H, W = cfg["dataset"].get("img_size") or UPSTREAM_IMG_SIZES[cfg["dataset"]["name"]]
+    H, W = image_size(cfg)
     h, w = model.get("sprite_size") or (H, W)
     K = int(model["n_sprites"]) + int(bool(model.get("add_empty_sprite", False)))
     return Shapes(config, batch, int(model.get("n_objects", 1)), K, int(model.get("n_backgrounds", 0) or 0),
@@ -224,13 +230,14 @@ OP_CASES: dict[str, OpCase] = {c.op: c for c in [
 ]}
 
 
-def make_inputs(case: OpCase, shapes: Shapes, device: torch.device, mode: str, seed: int = 0) -> list[Any]:
-    """The case's arguments on ``device`` (float32), with ``requires_grad`` set for ``fwd+bwd``."""
+def make_inputs(case: OpCase, shapes: Shapes, device: torch.device, mode: str, seed: int = 0,
+                dtype: torch.dtype = torch.float32) -> list[Any]:
+    """The case's arguments on ``device`` (floating ones in ``dtype``), with ``requires_grad`` set for ``fwd+bwd``."""
     g = torch.Generator().manual_seed(seed)
     args = list(case.make(g, shapes))
     for i, a in enumerate(args):
         if isinstance(a, torch.Tensor):
-            a = a.to(device=device, dtype=torch.float32 if a.is_floating_point() else a.dtype)
+            a = a.to(device=device, dtype=dtype if a.is_floating_point() else a.dtype)
             if mode == "fwd+bwd" and i in case.grad_args:
                 a.requires_grad_(True)
             args[i] = a

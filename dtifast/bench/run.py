@@ -1,9 +1,10 @@
 """Run the report's sections and return JSON-ready rows.
 
-Every row carries ``section`` (``op`` / ``train`` / ``max_batch``), ``provider``, ``status`` and the
-machine (:func:`dtifast.bench.machine.machine_info`); ``status`` is ``ok``, ``skipped`` (the provider
-cannot run the case here; ``reason`` says why), ``oom`` (out of device memory: a result, not a
-failure) or ``error`` (anything else; ``reason`` holds the exception, and the command exits non-zero).
+Every row carries ``section`` (``op`` / ``train`` / ``max_batch`` / ``memory_estimate``), ``provider``,
+``status`` and the machine (:func:`dtifast.bench.machine.machine_info`); ``status`` is ``ok``,
+``skipped`` (the provider cannot run the case here; ``reason`` says why), ``oom`` (out of device memory:
+a result, not a failure) or ``error`` (anything else; ``reason`` holds the exception, and the command
+exits non-zero).
 A :class:`Budget` bounds the wall time: once spent, the remaining cases are rows skipped for time, so
 that the GPU script's few minutes are never overrun.
 """
@@ -18,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from .machine import peak_memory, time_call
+from .memory import FakeTrainingStep
 from .ops import COMPILE, OP_CASES, Skip, prepare, shapes_for
 from .train_step import TrainStep, max_batch_cuda, max_batch_from_growth
 
@@ -64,6 +66,8 @@ def _guarded(row: dict[str, Any], work: Callable[[], dict[str, Any]], budget: Bu
 
 
 def _short(row: dict[str, Any]) -> str:
+    if row["section"] == "memory_estimate":
+        return f"estimated peak {row['peak_bytes'] / 2**20:.0f} MiB, largest batch {row['max_batch']}"
     if "images_per_s" in row:
         return f"{row['images_per_s']:.1f} images/s"
     if "median_s" in row:
@@ -171,5 +175,31 @@ def run_max_batch(configs: Sequence[str], providers: Sequence[str], device: torc
                     points.append((b, memory["peak_bytes"]))
                 estimate = max_batch_from_growth(points, budget_bytes)
                 return {"method": "cpu-rss-extrapolation", "max_batch": estimate["max_batch_estimate"], **estimate}
+            rows.append(_guarded(row, work, budget, log))
+    return rows
+
+
+def run_memory_estimate(configs: Sequence[str], batch: int, backends: Sequence[str], machine: dict[str, Any],
+                        budget: Budget, budget_bytes: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Estimated device memory of a training step at ``batch`` and the largest batch under ``budget_bytes``,
+    per config and backend, traced on fake tensors (:mod:`dtifast.bench.memory`): no device is used."""
+    rows = []
+    for config in configs:
+        for backend in backends:
+            row = {"section": "memory_estimate", "config": config, "batch": batch, "provider": backend,
+                   "device": "cuda (estimate)", "machine": machine}
+
+            def work(config=config, backend=backend) -> dict[str, Any]:
+                step = FakeTrainingStep(config, backend=backend)
+                estimate = step.estimate(batch)
+                search = step.largest_batch(budget_bytes)
+                return {"method": "fake-tensor trace", "traced_on": estimate.device, "epoch": step.epoch,
+                        "peak_bytes": estimate.peak_bytes, "peak_phase": estimate.peak_phase,
+                        "phase_peak_bytes": {k: v.peak_bytes for k, v in estimate.phases.items()},
+                        "resident_bytes": estimate.resident_bytes, "at_peak_bytes": estimate.at_peak,
+                        "top": [t.as_dict() for t in estimate.top], "estimate_seconds": estimate.seconds,
+                        "max_batch": search.max_batch, "first_failing": search.first_failing,
+                        "budget_bytes": search.budget_bytes, "trials": search.trials,
+                        "search_seconds": search.seconds}
             rows.append(_guarded(row, work, budget, log))
     return rows

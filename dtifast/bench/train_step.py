@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
 from dtifast import ops
-from dtifast.compat import UPSTREAM_IMG_SIZES
 from dtifast.config import load_config
 from dtifast.model import build_model
-from dtifast.train import build_optimizer
+from dtifast.optim import build_optimizer
 
-from .ops import COMPILE, OP_CASES, Skip, check_timeable
+from .ops import C, COMPILE, OP_CASES, Skip, check_timeable, image_size
 
 DEFAULT = "default"
 N_INIT_IMAGES = 8
@@ -45,6 +44,11 @@ def default_mix(device: torch.device) -> dict[str, str]:
         except Exception as err:  # noqa: BLE001 - a broken backend is reported, not fatal to the report
             mix[op] = f"error: {type(err).__name__}: {err}"
     return mix
+
+
+def last_epoch(cfg: Mapping[str, Any]) -> int:
+    """The config's last epoch (0-based): every curriculum module active, sprites trainable."""
+    return int(cfg["training"].get("n_epoches") or 1) - 1
 
 
 def train_providers(device: torch.device, with_compile: bool = True) -> list[str]:
@@ -77,13 +81,13 @@ class TrainStep:
         check_timeable(provider, device)
         cfg["model"]["backend"] = {COMPILE: "torch", DEFAULT: None}.get(provider, provider)
         self.config, self.provider, self.device = config, provider, device
-        H, W = cfg["dataset"].get("img_size") or UPSTREAM_IMG_SIZES[cfg["dataset"]["name"]]
-        self.img_size, self.n_channels = (int(H), int(W)), 3
+        H, W = self.img_size = image_size(cfg)
+        self.n_channels = C
         self.generator = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
         init = torch.rand(N_INIT_IMAGES, self.n_channels, H, W, generator=self.generator)
         self.model = build_model(cfg, self.img_size, self.n_channels, init_images=init).to(device)
-        self.epoch = int(cfg["training"].get("n_epoches") or 1) - 1
+        self.epoch = last_epoch(cfg)
         self.model.set_epoch(self.epoch)
         self.model.train()
         self.optimizer = build_optimizer(self.model, cfg["training"]["optimizer"])

@@ -7,18 +7,38 @@ autograd chains the kernels' ``theta`` gradient to the raw parameters.
 The bases are computed by the same torch calls as the eager reference (``F.affine_grid``'s base grid,
 ``torch.linspace``, the TPS matrix), on the same device: at the identity transform an output pixel
 lands exactly on an input pixel, and a last-bit difference there would change which neighbour the
-bilinear gradient uses. They are cached per size, dtype and device, so a training loop builds them once.
+bilinear gradient uses. They are cached per size, dtype and device, so a training loop builds them once
+(except while tracing: see :func:`device_cached`).
 """
 from __future__ import annotations
 
 import functools
+from typing import Callable, TypeVar
 
 import torch
+from torch._guards import detect_fake_mode
 
 __all__ = ["position_matrix", "similarity_matrix", "affine_matrix", "projective_matrix", "tps_control_points",
            "tps_weights", "affine_basis", "linspace_basis", "linspace_grid"]
 
 HOMOGENEOUS_EPS = 1e-8
+F = TypeVar("F", bound=Callable)
+
+
+def device_cached(fn: F) -> F:
+    """An ``lru_cache`` of a function returning constant tensors, bypassed while ``torch.compile`` traces
+    (the constants then belong in its graph) or a fake-tensor mode is active (a fake tensor must neither be
+    cached for later real calls nor served from real ones)."""
+    cached = functools.lru_cache(maxsize=64)(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        if torch.compiler.is_compiling() or detect_fake_mode() is not None:
+            return fn(*args)
+        return cached(*args)
+
+    wrapper.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return wrapper  # type: ignore[return-value]
 
 
 def position_matrix(params: torch.Tensor) -> torch.Tensor:
@@ -63,7 +83,7 @@ def tps_control_points(grid_size: int, dtype: torch.dtype = torch.float64,
     return linspace_grid((grid_size, grid_size), dtype, device).reshape(-1, 2)
 
 
-@functools.lru_cache(maxsize=64)
+@device_cached
 def cached_control_points(grid_size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """:func:`tps_control_points`, built once per (grid_size, dtype, device); callers must not modify it."""
     return tps_control_points(grid_size, dtype, device)
@@ -100,7 +120,7 @@ def _tps_weights_cpu64(grid_size: int, out_size: tuple[int, int]) -> torch.Tenso
     return basis @ inverse[:, :n]
 
 
-@functools.lru_cache(maxsize=64)
+@device_cached
 def tps_weights(grid_size: int, out_size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The ``(H·W, grid_size²)`` TPS interpolation matrix in ``dtype`` on ``device`` (cached: a training loop
     does not copy it to the device every step)."""
@@ -115,7 +135,7 @@ def _affine_axis(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
     return torch.linspace(-1, 1, n, dtype=dtype, device=device) * (n - 1) / n
 
 
-@functools.lru_cache(maxsize=64)
+@device_cached
 def affine_basis(out_size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``(W + H,)``: the x of each output column then the y of each output row on ``F.affine_grid``'s base
     grid (pixel centres, ``align_corners=False``), bit-identical to ``F.affine_grid`` on ``device``."""
@@ -123,7 +143,7 @@ def affine_basis(out_size: tuple[int, int], dtype: torch.dtype, device: torch.de
     return torch.cat([_affine_axis(W, dtype, device), _affine_axis(H, dtype, device)]).contiguous()
 
 
-@functools.lru_cache(maxsize=64)
+@device_cached
 def linspace_basis(out_size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``(W + H,)``: ``linspace(-1, 1, W)`` then ``linspace(-1, 1, H)`` (the projective warp's output points)."""
     H, W = out_size
