@@ -20,33 +20,30 @@ import torch
 import triton
 import triton.language as tl
 
-from .composite import visibility
+from .composite import NUM_WARPS, load_rows, row, visibility, with_row
 from .render_loss import pixel_centres, placement_coords
-from .sampling import block_size, corners, gather4, interp, interpreted, softclip
+from .sampling import block_size, corners, gather4, interp, interpreted, launch, softclip
 
-BLOCK = 128
+BLOCK = 32 * NUM_WARPS  # one pixel per thread in the prep kernel's layer tiles (see kernels/composite.py)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["l", "B"])
 def _prep_kernel(r_ptr, s1_ptr, a_ptr, x_ptr, cur_col_ptr, cur_m_ptr, occ_ptr, bg_ptr, l, B, C, HW,
                  L: tl.constexpr, LP: tl.constexpr, HAS_BG: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr):
     acc: tl.constexpr = tl.float64 if ACC64 else tl.float32
     b = tl.program_id(0).to(tl.int64)
-    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    rows = tl.arange(0, LP)
+    p = (tl.program_id(1) * BLOCK + tl.arange(0, BLOCK))[None, :]
+    rows = tl.arange(0, LP)[:, None]
     active = p < HW
     # Layer l is left out (mask 0): the visibilities are then those without l, and T_l = 0.
-    others = (rows[:, None] < L) & (rows[:, None] != l) & active[None, :]
-    m = tl.load(cur_m_ptr + (rows[:, None] * B + b) * HW + p[None, :], mask=others, other=0.0).to(acc)
+    m = with_row(load_rows(cur_m_ptr + b * HW, B * HW, p, active, rows, L, acc), rows, l, 0.0)
     vis, vbg = visibility(m, occ_ptr, L * B, B, b, rows, L)
-    a_l = tl.sum(tl.where(rows[:, None] == l, vis, 0.0), axis=0)
     o_row = tl.load(occ_ptr + l * L * B + rows * B + b, mask=(rows < L) & (rows != l), other=0.0).to(acc)
     weight = vis * m
     for c in range(C):
-        col = tl.load(cur_col_ptr + ((rows[:, None] * B + b) * C + c) * HW + p[None, :], mask=others,
-                      other=0.0).to(acc)
-        s0 = tl.sum(weight * col, axis=0)
-        s1 = tl.sum(o_row[:, None] * weight * col, axis=0)
+        col = load_rows(cur_col_ptr + (b * C + c) * HW, B * C * HW, p, active, rows, L, acc)
+        s0 = tl.sum(weight * col, axis=0, keep_dims=True)
+        s1 = tl.sum(o_row * weight * col, axis=0, keep_dims=True)
         if HAS_BG:
             t_bg = vbg * tl.load(bg_ptr + (b * C + c) * HW + p, mask=active, other=0.0).to(acc)
             s0 += t_bg
@@ -54,10 +51,17 @@ def _prep_kernel(r_ptr, s1_ptr, a_ptr, x_ptr, cur_col_ptr, cur_m_ptr, occ_ptr, b
         target = tl.load(x_ptr + (b * C + c) * HW + p, mask=active, other=0.0).to(acc)
         tl.store(r_ptr + (b * C + c) * HW + p, s0 - target, mask=active)
         tl.store(s1_ptr + (b * C + c) * HW + p, s1, mask=active)
-    tl.store(a_ptr + b * HW + p, a_l, mask=active)
+    tl.store(a_ptr + b * HW + p, row(vis, rows, l), mask=active)
 
 
-@triton.jit
+# Arguments that change with the batch size or the layer: not specialised (a partial last batch must not
+# recompile); the per-layer slices (candidates[l], theta[l], the current layer) start at offsets whose
+# alignment changes with the batch size too.
+SCORE_BATCH_ARGS = ["B", "s_k", "m_k"]
+SCORE_SLICES = ["out_col_ptr", "out_m_ptr", "cand_ptr", "mask_ptr", "theta_ptr"]
+
+
+@triton.jit(do_not_specialize=SCORE_BATCH_ARGS, do_not_specialize_on_alignment=SCORE_SLICES)
 def _score_kernel(dist_ptr, choice_ptr, out_col_ptr, out_m_ptr, r_ptr, s1_ptr, a_ptr,
                   cand_ptr, mask_ptr, theta_ptr, noise_ptr, basis_ptr, B, C, H, W, h, w, inv_numel,
                   s_k, s_b, s_c, s_y, s_x, m_k, m_b, m_y, m_x, n_k, n_y, n_x,
@@ -81,9 +85,7 @@ def _score_kernel(dist_ptr, choice_ptr, out_col_ptr, out_m_ptr, r_ptr, s1_ptr, a
         px = p % W
         if SPRITE:
             xb, yb = pixel_centres(basis_ptr, p, W, active, acc)
-            # A block of pointers (all equal): the helper loads with a per-element mask.
-            th = theta_ptr + b * 6 + tl.zeros([BLOCK], dtype=tl.int64)
-            ix, iy, _, _ = placement_coords(th, xb, yb, h, w, active, ATEN_CPU, acc)
+            ix, iy, _, _ = placement_coords(theta_ptr + b * 6, xb, yb, h, w, ATEN_CPU, acc)
             o00, o01, o10, o11, m00, m01, m10, m11, wx0, wx1, wy0, wy1 = corners(ix, iy, h, w, s_y, s_x, active)
             v00, v01, v10, v11 = gather4(base + C * s_c, o00, o01, o10, o11, m00, m01, m10, m11, acc)
             m = interp(v00, v01, v10, v11, wx0, wx1, wy0, wy1)
@@ -115,7 +117,8 @@ def _score_kernel(dist_ptr, choice_ptr, out_col_ptr, out_m_ptr, r_ptr, s1_ptr, a
         tl.store(dist_ptr + k * B + b, tl.sum(err, axis=0) * inv_numel)
 
 
-def greedy_select(x: torch.Tensor, candidates: torch.Tensor, masks: Optional[torch.Tensor], theta: Optional[torch.Tensor],
+def greedy_select(x: torch.Tensor, candidates: torch.Tensor, masks: Optional[torch.Tensor],
+                  theta: Optional[torch.Tensor],
                   occlusion: torch.Tensor, background: Optional[torch.Tensor], n_iter: int,
                   empty_penalty: Optional[torch.Tensor], noise: Optional[torch.Tensor],
                   basis: Optional[torch.Tensor]) -> torch.Tensor:
@@ -151,18 +154,20 @@ def greedy_select(x: torch.Tensor, candidates: torch.Tensor, masks: Optional[tor
     noise_strides = (noise.stride(0), noise.stride(2), noise.stride(3)) if noise is not None else (0, 0, 0)
     for _ in range(n_iter):
         for l in range(L):
-            _prep_kernel[(B, triton.cdiv(HW, block))](
+            launch(_prep_kernel, (B, triton.cdiv(HW, block)),
                 r, s1, a, x, cur_col, cur_m, occlusion, bg, l, B, C, HW,
-                L=L, LP=triton.next_power_of_2(L), HAS_BG=background is not None, **meta)
+                L=L, LP=triton.next_power_of_2(L), HAS_BG=background is not None, num_warps=NUM_WARPS, **meta)
             cand = candidates[l]
             layer_args = (cand, masks[l] if not sprite else cand, theta[l] if sprite else cand,
-                          noise if noise is not None else cand, basis if sprite else cand, B, C, H, W, h, w, 1.0 / (C * HW),
+                          noise if noise is not None else cand, basis if sprite else cand, B, C, H, W, h, w,
+                          1.0 / (C * HW),
                           *cand.stride(), *mask_strides, *noise_strides)
             flags = dict(SPRITE=sprite, HAS_NOISE=noise is not None, ATEN_CPU=interpreted(), **meta)
-            _score_kernel[(K, B)](dist, dist, cur_col, cur_m, r, s1, a, *layer_args, STORE=False, **flags)
+            launch(_score_kernel, (K, B), dist, dist, cur_col, cur_m, r, s1, a, *layer_args, STORE=False, **flags)
             scores = dist if empty_penalty is None else dist + empty_penalty[:, None].to(acc)
             choice = scores.argmin(0)  # ties: the lowest k, as the reference
             selection[l] = 0
             selection[l].scatter_(0, choice[None], 1)
-            _score_kernel[(1, B)](dist, choice, cur_col[l], cur_m[l], r, s1, a, *layer_args, STORE=True, **flags)
+            launch(_score_kernel, (1, B), dist, choice, cur_col[l], cur_m[l], r, s1, a, *layer_args, STORE=True,
+                   **flags)
     return selection

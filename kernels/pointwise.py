@@ -9,12 +9,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .sampling import block_size, softclip, softclip_grad
+from .sampling import block_size, launch, softclip, softclip_grad
 
 BLOCK = 256
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["numel"])  # numel follows the batch: a partial last batch must not recompile
 def _softclip_kernel(out_ptr, x_ptr, grad_ptr, numel, slope, BACKWARD: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     active = offs < numel
@@ -32,7 +32,8 @@ def softclip_forward(x: torch.Tensor, slope: float) -> torch.Tensor:
     out = torch.empty_like(x)
     if x.numel():
         block = block_size(BLOCK, x.numel())
-        _softclip_kernel[(triton.cdiv(x.numel(), block),)](out, x, x, x.numel(), slope, BACKWARD=False, BLOCK=block)
+        launch(_softclip_kernel, (triton.cdiv(x.numel(), block),), out, x, x, x.numel(), slope, BACKWARD=False,
+               BLOCK=block)
     return out
 
 
@@ -41,7 +42,8 @@ def softclip_backward(grad: torch.Tensor, x: torch.Tensor, slope: float) -> torc
     out = torch.empty_like(x)
     if x.numel():
         block = block_size(BLOCK, x.numel())
-        _softclip_kernel[(triton.cdiv(x.numel(), block),)](out, x, grad, x.numel(), slope, BACKWARD=True, BLOCK=block)
+        launch(_softclip_kernel, (triton.cdiv(x.numel(), block),), out, x, grad, x.numel(), slope, BACKWARD=True,
+               BLOCK=block)
     return out
 
 
@@ -81,7 +83,7 @@ def color_forward(x: torch.Tensor, params: torch.Tensor, slope: float) -> torch.
     out = torch.empty_like(x)
     out[:, n_color:] = x[:, n_color:]
     if N and h * w:
-        _color_kernel[(N, n_color)](out, out, x, params, x, n_color, CE, h * w, slope,
+        launch(_color_kernel, (N, n_color), out, out, x, params, x, n_color, CE, h * w, slope,
                                     BACKWARD=False, ACC64=x.dtype == torch.float64, BLOCK=block_size(BLOCK, h * w))
     return out
 
@@ -97,6 +99,6 @@ def color_backward(grad: torch.Tensor, x: torch.Tensor, params: torch.Tensor, sl
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     dparams = torch.zeros(params.shape, dtype=acc, device=x.device)
     if N and h * w:
-        _color_kernel[(N, n_color)](dx, dparams, x, params, grad, n_color, CE, h * w, slope,
+        launch(_color_kernel, (N, n_color), dx, dparams, x, params, grad, n_color, CE, h * w, slope,
                                     BACKWARD=True, ACC64=x.dtype == torch.float64, BLOCK=block_size(BLOCK, h * w))
     return dx, dparams.to(params.dtype)

@@ -1,12 +1,17 @@
-"""Fused render loss: position warp of the selected sprites → mask noise → compositing → squared error.
+"""Fused render loss: placement warp of the selected sprites → mask noise → compositing → squared error.
 
-One program handles one image and a block of pixels; its L layers are sampled straight from sprite
-space into a ``[LP, BLOCK]`` tile (colours one channel at a time, the mask kept), composited with
-:mod:`dtifast.kernels.composite`'s tile helpers and compared with the target. Nothing of image size
-is stored besides the per-block partial sums. The backward recomputes the forward in the same way and
-produces the gradients of the sprites (atomics into each (layer, image) sprite: only pixels of one
-image meet there), the position parameters and the occlusion (per-block partial sums), the background
-and the target.
+One program handles one image and a block of pixels, one pixel per thread, all L layers of that pixel
+in the thread's registers (the layout of :mod:`dtifast.kernels.composite`, whose tile helpers composite
+the layers). Nothing of image size is stored besides the per-block partial sums. The backward
+recomputes the forward in the same way and produces the gradients of the sprites (atomics into each
+(layer, image) sprite: only pixels of one image meet there), the placement matrices and the occlusion
+(per-block partial sums), the background, the target and the noise.
+
+Registers: a layer keeps only its sampling location (two floats), mask and colours between phases; the
+bilinear taps are recomputed from the location where a phase needs them (a few ALU operations) rather
+than kept, inside runtime loops over the layers, so one layer's taps are live at a time. That holds the
+backward at L = 6 under the 255 registers a thread may have (it spilled when every layer kept its taps
+and tap values).
 
 Placement of layer l (``F.affine_grid``, pixel centres, zeros padding): output location ``(x, y)`` (from
 the ``basis`` of pixel-centre coordinates) reads the sprite at ``theta_l · (x, y, 1)``, ``theta_l`` the
@@ -20,11 +25,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .composite import composite_grads, visibility
-from .sampling import (block_size, corners, gather4, interp, interp_grad, interpreted, scatter4, softclip,
+from .composite import BLOCK, NUM_WARPS, composite_grads, load_rows, row, store_rows, total, visibility, with_row
+from .sampling import (block_size, corners, gather4, interp, interp_grad, interpreted, launch, scatter4, softclip,
                        softclip_grad, source_index)
 
-BLOCK = 64
+MASK_SLOPE = tl.constexpr(0.01)  # upstream's softclip slope for the noisy mask
+# Arguments that change with the batch size: not specialised (a partial last batch must not recompile).
+BATCH_ARGS = ["B", "s_l", "s_b", "n_l", "n_b"]
 
 
 @triton.jit
@@ -37,148 +44,203 @@ def pixel_centres(basis_ptr, p, W, active, acc: tl.constexpr):
 
 
 @triton.jit
-def placement_coords(theta_ptr, xb, yb, h, w, active, ATEN_CPU: tl.constexpr, acc: tl.constexpr):
-    """Sprite pixel location of output points for the 2×3 placement matrix at ``theta_ptr`` (scalars or
-    per-row vectors broadcast against ``xb``), and d(pixel)/d(normalised) per axis."""
-    t0 = tl.load(theta_ptr, mask=active, other=0.0).to(acc)
-    t1 = tl.load(theta_ptr + 1, mask=active, other=0.0).to(acc)
-    t2 = tl.load(theta_ptr + 2, mask=active, other=0.0).to(acc)
-    t3 = tl.load(theta_ptr + 3, mask=active, other=0.0).to(acc)
-    t4 = tl.load(theta_ptr + 4, mask=active, other=0.0).to(acc)
-    t5 = tl.load(theta_ptr + 5, mask=active, other=0.0).to(acc)
+def placement_coords(theta_ptr, xb, yb, h, w, ATEN_CPU: tl.constexpr, acc: tl.constexpr):
+    """Sprite pixel location of output points for the 2×3 placement matrix at (scalar) ``theta_ptr``, and
+    d(pixel)/d(normalised) per axis."""
+    t0 = tl.load(theta_ptr).to(acc)
+    t1 = tl.load(theta_ptr + 1).to(acc)
+    t2 = tl.load(theta_ptr + 2).to(acc)
+    t3 = tl.load(theta_ptr + 3).to(acc)
+    t4 = tl.load(theta_ptr + 4).to(acc)
+    t5 = tl.load(theta_ptr + 5).to(acc)
     ix, dix = source_index(t0 * xb + t1 * yb + t2, w, False, ATEN_CPU)
     iy, diy = source_index(t3 * xb + t4 * yb + t5, h, False, ATEN_CPU)
     return ix, iy, dix, diy
 
 
 @triton.jit
+def sample(base, ix, iy, h, w, s_y, s_x, active, acc: tl.constexpr):
+    """Bilinear value of the plane at ``base`` (zeros padding) at pixel location ``(ix, iy)``."""
+    o00, o01, o10, o11, m00, m01, m10, m11, wx0, wx1, wy0, wy1 = corners(ix, iy, h, w, s_y, s_x, active)
+    v00, v01, v10, v11 = gather4(base, o00, o01, o10, o11, m00, m01, m10, m11, acc)
+    return interp(v00, v01, v10, v11, wx0, wx1, wy0, wy1)
+
+
+@triton.jit
+def sample_with_grad(base, ix, iy, h, w, s_y, s_x, active, acc: tl.constexpr):
+    """:func:`sample` and the value's derivatives along the pixel x and y axes."""
+    o00, o01, o10, o11, m00, m01, m10, m11, wx0, wx1, wy0, wy1 = corners(ix, iy, h, w, s_y, s_x, active)
+    v00, v01, v10, v11 = gather4(base, o00, o01, o10, o11, m00, m01, m10, m11, acc)
+    dvx, dvy = interp_grad(v00, v01, v10, v11, wx0, wx1, wy0, wy1)
+    return interp(v00, v01, v10, v11, wx0, wx1, wy0, wy1), dvx, dvy
+
+
+@triton.jit
+def scatter(base, g, ix, iy, h, w, active):
+    """Add ``g`` times the bilinear weights of ``(ix, iy)`` into the contiguous ``(h, w)`` plane at ``base``."""
+    o00, o01, o10, o11, m00, m01, m10, m11, wx0, wx1, wy0, wy1 = corners(ix, iy, h, w, w, 1, active)
+    scatter4(base, g, o00, o01, o10, o11, m00, m01, m10, m11, wx0, wx1, wy0, wy1)
+
+
+@triton.jit
+def noise_at(noise_ptr, l, b, p, W, n_l, n_b, n_y, n_x, active, acc: tl.constexpr):
+    return tl.load(noise_ptr + l * n_l + b * n_b + (p // W) * n_y + (p % W) * n_x, mask=active, other=0.0).to(acc)
+
+
+@triton.jit
+def place_layers(sp_ptr, theta_ptr, noise_ptr, b, p, xb, yb, active, rows, colour_rows, B, W, h, w,
+                 s_l, s_b, s_c, s_y, s_x, n_l, n_b, n_y, n_x, C: tl.constexpr, LP: tl.constexpr,
+                 L: tl.constexpr, HAS_NOISE: tl.constexpr, ATEN_CPU: tl.constexpr, acc: tl.constexpr):
+    """Every layer's sprite location at the block's pixels, its mask (after the noise) and its colours:
+    ``[LP, BLOCK]`` tiles ``(ix, iy, m)`` and a ``[CP·LP, BLOCK]`` tile whose row ``c·LP + l`` is layer l's
+    channel c; padding rows are 0. One layer's bilinear taps are live at a time."""
+    IX = tl.zeros([rows.shape[0], p.shape[1]], dtype=acc)
+    IY = tl.zeros_like(IX)
+    M = tl.zeros_like(IX)
+    COL = tl.zeros([colour_rows.shape[0], p.shape[1]], dtype=acc)
+    for layer in range(L):
+        ix, iy, _, _ = placement_coords(theta_ptr + (layer * B + b) * 6, xb, yb, h, w, ATEN_CPU, acc)
+        base = sp_ptr + layer * s_l + b * s_b
+        m = sample(base + C * s_c, ix, iy, h, w, s_y, s_x, active, acc)
+        if HAS_NOISE:
+            canvas = sample(base + (C + 1) * s_c, ix, iy, h, w, s_y, s_x, active, acc)
+            m = softclip(m + canvas * noise_at(noise_ptr, layer, b, p, W, n_l, n_b, n_y, n_x, active, acc), MASK_SLOPE)
+        for ch in range(C):
+            COL = with_row(COL, colour_rows, ch * LP + layer,
+                           sample(base + ch * s_c, ix, iy, h, w, s_y, s_x, active, acc))
+        IX = with_row(IX, rows, layer, ix)
+        IY = with_row(IY, rows, layer, iy)
+        M = with_row(M, rows, layer, m)
+    return IX, IY, M, COL
+
+
+@triton.jit
+def residual(x_ptr, bg_ptr, b, p, active, HW, weight, vbg, COL, rows, crows, colour_rows, C: tl.constexpr,
+             LP: tl.constexpr, L: tl.constexpr, HAS_BG: tl.constexpr, acc: tl.constexpr):
+    """The composite minus the target per channel (``[CP, BLOCK]``; 0 at inactive pixels and padding
+    channels) and the background tile (zeros without one)."""
+    out = tl.zeros([crows.shape[0], p.shape[1]], dtype=acc)
+    for c in tl.static_range(C):
+        out_c = row(weight, rows, 0) * row(COL, colour_rows, c * LP)
+        for l in tl.static_range(1, L):
+            out_c += row(weight, rows, l) * row(COL, colour_rows, c * LP + l)
+        out = with_row(out, crows, c, out_c)
+    BG = tl.zeros_like(out)
+    if HAS_BG:
+        BG = load_rows(bg_ptr + b * C * HW, HW, p, active, crows, C, acc)
+        out += vbg * BG
+    return tl.where(active, out - load_rows(x_ptr + b * C * HW, HW, p, active, crows, C, acc), 0.0), BG
+
+
+@triton.jit(do_not_specialize=BATCH_ARGS)
 def _render_loss_kernel(partial_ptr, x_ptr, sp_ptr, theta_ptr, occ_ptr, bg_ptr, noise_ptr, basis_ptr,
-                        B, C, H, W, h, w,
+                        B, H, W, h, w,
                         s_l, s_b, s_c, s_y, s_x, n_l, n_b, n_y, n_x,
-                        L: tl.constexpr, LP: tl.constexpr, HAS_BG: tl.constexpr, HAS_NOISE: tl.constexpr,
-                        ATEN_CPU: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr):
+                        C: tl.constexpr, CP: tl.constexpr, L: tl.constexpr, LP: tl.constexpr, HAS_BG: tl.constexpr,
+                        HAS_NOISE: tl.constexpr, ATEN_CPU: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr):
     acc: tl.constexpr = tl.float64 if ACC64 else tl.float32
     b = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     HW = H * W
-    p = blk * BLOCK + tl.arange(0, BLOCK)
-    rows = tl.arange(0, LP)
+    p = (blk * BLOCK + tl.arange(0, BLOCK))[None, :]
+    rows = tl.arange(0, LP)[:, None]
+    crows = tl.arange(0, CP)[:, None]
+    colour_rows = tl.arange(0, CP * LP)[:, None]
     active = p < HW
-    live = (rows[:, None] < L) & active[None, :]
     xb, yb = pixel_centres(basis_ptr, p, W, active, acc)
-    ix, iy, dix, diy = placement_coords(theta_ptr + (rows[:, None] * B + b) * 6, xb[None, :], yb[None, :], h, w,
-                                        rows[:, None] < L, ATEN_CPU, acc)
-    o00, o01, o10, o11, m00, m01, m10, m11, wx0, wx1, wy0, wy1 = corners(ix, iy, h, w, s_y, s_x, live)
-    base = sp_ptr + rows[:, None] * s_l + b * s_b
-    v00, v01, v10, v11 = gather4(base + C * s_c, o00, o01, o10, o11, m00, m01, m10, m11, acc)
-    m = interp(v00, v01, v10, v11, wx0, wx1, wy0, wy1)
-    if HAS_NOISE:
-        v00, v01, v10, v11 = gather4(base + (C + 1) * s_c, o00, o01, o10, o11, m00, m01, m10, m11, acc)
-        canvas = interp(v00, v01, v10, v11, wx0, wx1, wy0, wy1)
-        nz = tl.load(noise_ptr + rows[:, None] * n_l + b * n_b + (p // W)[None, :] * n_y + (p % W)[None, :] * n_x,
-                     mask=live, other=0.0).to(acc)
-        m = softclip(m + canvas * nz, 0.01)
-    vis, vbg = visibility(m, occ_ptr, L * B, B, b, rows, L)
-    weight = vis * m
-    sse = tl.zeros([BLOCK], dtype=acc)
-    for c in range(C):
-        v00, v01, v10, v11 = gather4(base + c * s_c, o00, o01, o10, o11, m00, m01, m10, m11, acc)
-        out = tl.sum(weight * interp(v00, v01, v10, v11, wx0, wx1, wy0, wy1), axis=0)
-        if HAS_BG:
-            out += vbg * tl.load(bg_ptr + (b * C + c) * HW + p, mask=active, other=0.0).to(acc)
-        diff = out - tl.load(x_ptr + (b * C + c) * HW + p, mask=active, other=0.0).to(acc)
-        sse += tl.where(active, diff * diff, 0.0)
-    tl.store(partial_ptr + b * tl.num_programs(1) + blk, tl.sum(sse, axis=0))
+    IX, IY, M, COL = place_layers(sp_ptr, theta_ptr, noise_ptr, b, p, xb, yb, active, rows, colour_rows, B, W, h, w,
+                                  s_l, s_b, s_c, s_y, s_x, n_l, n_b, n_y, n_x, C, LP, L, HAS_NOISE, ATEN_CPU, acc)
+    vis, vbg = visibility(M, occ_ptr, L * B, B, b, rows, L)
+    diff, _ = residual(x_ptr, bg_ptr, b, p, active, HW, vis * M, vbg, COL, rows, crows, colour_rows, C, LP, L,
+                       HAS_BG, acc)
+    tl.store(partial_ptr + b * tl.num_programs(1) + blk, total(diff * diff))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=BATCH_ARGS)
 def _render_loss_backward_kernel(dsp_ptr, dtheta_ptr, docc_ptr, dbg_ptr, dx_ptr, dnoise_ptr, gout_ptr,
                                  x_ptr, sp_ptr, theta_ptr, occ_ptr, bg_ptr, noise_ptr, basis_ptr,
-                                 B, C, H, W, h, w, inv_numel,
+                                 B, H, W, h, w, inv_numel,
                                  s_l, s_b, s_c, s_y, s_x, n_l, n_b, n_y, n_x,
-                                 L: tl.constexpr, LP: tl.constexpr, HAS_BG: tl.constexpr, HAS_NOISE: tl.constexpr,
-                                 NEED_DX: tl.constexpr, NEED_DNOISE: tl.constexpr, ATEN_CPU: tl.constexpr,
-                                 ACC64: tl.constexpr, BLOCK: tl.constexpr):
+                                 C: tl.constexpr, CP: tl.constexpr, L: tl.constexpr, LP: tl.constexpr,
+                                 HAS_BG: tl.constexpr, HAS_NOISE: tl.constexpr, NEED_DX: tl.constexpr,
+                                 NEED_DNOISE: tl.constexpr, ATEN_CPU: tl.constexpr, ACC64: tl.constexpr,
+                                 BLOCK: tl.constexpr):
     acc: tl.constexpr = tl.float64 if ACC64 else tl.float32
     b = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     n_blocks = tl.num_programs(1)
     HW = H * W
-    p = blk * BLOCK + tl.arange(0, BLOCK)
-    rows = tl.arange(0, LP)
+    p = (blk * BLOCK + tl.arange(0, BLOCK))[None, :]
+    rows = tl.arange(0, LP)[:, None]
+    crows = tl.arange(0, CP)[:, None]
+    colour_rows = tl.arange(0, CP * LP)[:, None]
     active = p < HW
-    live = (rows[:, None] < L) & active[None, :]
+    CE = C + 1 + HAS_NOISE
     xb, yb = pixel_centres(basis_ptr, p, W, active, acc)
-    ix, iy, dix, diy = placement_coords(theta_ptr + (rows[:, None] * B + b) * 6, xb[None, :], yb[None, :], h, w,
-                                        rows[:, None] < L, ATEN_CPU, acc)
-    o00, o01, o10, o11, m00, m01, m10, m11, wx0, wx1, wy0, wy1 = corners(ix, iy, h, w, s_y, s_x, live)
-    # The sprite gradient buffer is contiguous (L, B, C + E, h, w).
-    d00, d01, d10, d11, _, _, _, _, _, _, _, _ = corners(ix, iy, h, w, w, 1, live)
-    base = sp_ptr + rows[:, None] * s_l + b * s_b
-    dbase = dsp_ptr + (rows[:, None] * B + b) * (C + 1 + HAS_NOISE) * h * w
-    mv00, mv01, mv10, mv11 = gather4(base + C * s_c, o00, o01, o10, o11, m00, m01, m10, m11, acc)
-    m = interp(mv00, mv01, mv10, mv11, wx0, wx1, wy0, wy1)
-    if HAS_NOISE:
-        cv00, cv01, cv10, cv11 = gather4(base + (C + 1) * s_c, o00, o01, o10, o11, m00, m01, m10, m11, acc)
-        canvas = interp(cv00, cv01, cv10, cv11, wx0, wx1, wy0, wy1)
-        nz = tl.load(noise_ptr + rows[:, None] * n_l + b * n_b + (p // W)[None, :] * n_y + (p % W)[None, :] * n_x,
-                     mask=live, other=0.0).to(acc)
-        z = m + canvas * nz
-        m = softclip(z, 0.01)
-    vis, vbg = visibility(m, occ_ptr, L * B, B, b, rows, L)
-    weight = vis * m
-    # Recompute the residual per channel, then push its gradient through the composite.
-    gscale = 2.0 * tl.load(gout_ptr).to(acc) * inv_numel
-    G = tl.zeros_like(m)
-    Gbg = tl.zeros([BLOCK], dtype=acc)
-    gix = tl.zeros_like(m)
-    giy = tl.zeros_like(m)
-    for c in range(C):
-        v00, v01, v10, v11 = gather4(base + c * s_c, o00, o01, o10, o11, m00, m01, m10, m11, acc)
-        col = interp(v00, v01, v10, v11, wx0, wx1, wy0, wy1)
-        out = tl.sum(weight * col, axis=0)
-        if HAS_BG:
-            bg = tl.load(bg_ptr + (b * C + c) * HW + p, mask=active, other=0.0).to(acc)
-            out += vbg * bg
-        target = tl.load(x_ptr + (b * C + c) * HW + p, mask=active, other=0.0).to(acc)
-        g = tl.where(active, gscale * (out - target), 0.0)
-        if NEED_DX:
-            tl.store(dx_ptr + (b * C + c) * HW + p, (-g).to(dx_ptr.dtype.element_ty), mask=active)
-        if HAS_BG:
-            Gbg += g * bg
-            tl.store(dbg_ptr + (b * C + c) * HW + p, (g * vbg).to(dbg_ptr.dtype.element_ty), mask=active)
-        G += g[None, :] * col
-        dcol = g[None, :] * weight
-        dvx, dvy = interp_grad(v00, v01, v10, v11, wx0, wx1, wy0, wy1)
-        gix += dcol * dvx
-        giy += dcol * dvy
-        scatter4(dbase + c * h * w, dcol, d00, d01, d10, d11, m00, m01, m10, m11, wx0, wx1, wy0, wy1)
-    dm = composite_grads(m, vis, G, Gbg, occ_ptr, L * B, B, b, docc_ptr + (b * n_blocks + blk) * L * L, rows,
+    IX, IY, M, COL = place_layers(sp_ptr, theta_ptr, noise_ptr, b, p, xb, yb, active, rows, colour_rows, B, W, h, w,
+                                  s_l, s_b, s_c, s_y, s_x, n_l, n_b, n_y, n_x, C, LP, L, HAS_NOISE, ATEN_CPU, acc)
+    vis, vbg = visibility(M, occ_ptr, L * B, B, b, rows, L)
+    weight = vis * M
+    diff, BG = residual(x_ptr, bg_ptr, b, p, active, HW, weight, vbg, COL, rows, crows, colour_rows, C, LP, L,
+                        HAS_BG, acc)
+    g = diff * (2.0 * tl.load(gout_ptr).to(acc) * inv_numel)           # d loss / d composite, [CP, BLOCK]
+    if NEED_DX:
+        store_rows(dx_ptr + b * C * HW, HW, p, active, -g, crows, C)
+    Gbg = tl.sum(g * BG, axis=0, keep_dims=True)
+    if HAS_BG:
+        store_rows(dbg_ptr + b * C * HW, HW, p, active, g * vbg, crows, C)
+    G = tl.zeros_like(M)                                                # Σ_c g_c x_lc, [LP, BLOCK]
+    for l in tl.static_range(L):
+        G_l = row(g, crows, 0) * row(COL, colour_rows, l)
+        for c in tl.static_range(1, C):
+            G_l += row(g, crows, c) * row(COL, colour_rows, c * LP + l)
+        G = with_row(G, rows, l, G_l)
+    dm = composite_grads(M, vis, G, Gbg, occ_ptr, L * B, B, b, docc_ptr + (b * n_blocks + blk) * L * L, rows,
                          active, L, HAS_BG)
-    if HAS_NOISE:
-        dm = dm * softclip_grad(z, 0.01)
-        if NEED_DNOISE:
-            tl.store(dnoise_ptr + (rows[:, None] * B + b) * HW + p[None, :], (dm * canvas).to(dnoise_ptr.dtype.element_ty),
-                     mask=live)
-        dcanvas = dm * nz
-        dvx, dvy = interp_grad(cv00, cv01, cv10, cv11, wx0, wx1, wy0, wy1)
-        gix += dcanvas * dvx
-        giy += dcanvas * dvy
-        scatter4(dbase + (C + 1) * h * w, dcanvas, d00, d01, d10, d11, m00, m01, m10, m11, wx0, wx1, wy0, wy1)
-    dvx, dvy = interp_grad(mv00, mv01, mv10, mv11, wx0, wx1, wy0, wy1)
-    gix += dm * dvx
-    giy += dm * dvy
-    scatter4(dbase + C * h * w, dm, d00, d01, d10, d11, m00, m01, m10, m11, wx0, wx1, wy0, wy1)
-    # Placement matrix: gx = t0·x + t1·y + t2, gy = t3·x + t4·y + t5 (per-block partial sums).
-    dgx = tl.where(live, gix * dix, 0.0)
-    dgy = tl.where(live, giy * diy, 0.0)
+    # Per layer: the colours' and the mask's gradients into the sprite (by the sampling weights) and into
+    # the sampling location (GIX, GIY: d loss / d pixel location).
+    GIX = tl.zeros_like(M)
+    GIY = tl.zeros_like(M)
+    for layer in range(L):
+        ix = row(IX, rows, layer)
+        iy = row(IY, rows, layer)
+        w_l = row(weight, rows, layer)
+        base = sp_ptr + layer * s_l + b * s_b
+        dbase = dsp_ptr + (layer * B + b) * CE * h * w
+        gix = tl.zeros_like(ix)
+        giy = tl.zeros_like(ix)
+        for ch in range(C):
+            dcol = row(g, crows, ch) * w_l
+            _, dvx, dvy = sample_with_grad(base + ch * s_c, ix, iy, h, w, s_y, s_x, active, acc)
+            gix += dcol * dvx
+            giy += dcol * dvy
+            scatter(dbase + ch * h * w, dcol, ix, iy, h, w, active)
+        mask, dmx, dmy = sample_with_grad(base + C * s_c, ix, iy, h, w, s_y, s_x, active, acc)
+        dz = row(dm, rows, layer)
+        if HAS_NOISE:
+            canvas, dcx, dcy = sample_with_grad(base + (C + 1) * s_c, ix, iy, h, w, s_y, s_x, active, acc)
+            nz = noise_at(noise_ptr, layer, b, p, W, n_l, n_b, n_y, n_x, active, acc)
+            dz = dz * softclip_grad(mask + canvas * nz, MASK_SLOPE)
+            if NEED_DNOISE:
+                tl.store(dnoise_ptr + (layer * B + b) * HW + p, (dz * canvas).to(dnoise_ptr.dtype.element_ty),
+                         mask=active)
+            scatter(dbase + (C + 1) * h * w, dz * nz, ix, iy, h, w, active)
+            gix += dz * nz * dcx
+            giy += dz * nz * dcy
+        scatter(dbase + C * h * w, dz, ix, iy, h, w, active)
+        GIX = with_row(GIX, rows, layer, gix + dz * dmx)
+        GIY = with_row(GIY, rows, layer, giy + dz * dmy)
+    # Placement matrices: gx = t0·x + t1·y + t2, gy = t3·x + t4·y + t5, d(pixel)/d(normalised) = size / 2
+    # (zeros padding never clamps); per-block partial sums, one reduction over the pixels per entry.
+    dgx = tl.where(active, GIX * (w * 0.5), 0.0)
+    dgy = tl.where(active, GIY * (h * 0.5), 0.0)
     out_theta = dtheta_ptr + ((b * n_blocks + blk) * L + rows) * 6
-    tl.store(out_theta, tl.sum(dgx * xb[None, :], axis=1), mask=rows < L)
-    tl.store(out_theta + 1, tl.sum(dgx * yb[None, :], axis=1), mask=rows < L)
-    tl.store(out_theta + 2, tl.sum(dgx, axis=1), mask=rows < L)
-    tl.store(out_theta + 3, tl.sum(dgy * xb[None, :], axis=1), mask=rows < L)
-    tl.store(out_theta + 4, tl.sum(dgy * yb[None, :], axis=1), mask=rows < L)
-    tl.store(out_theta + 5, tl.sum(dgy, axis=1), mask=rows < L)
+    tl.store(out_theta, tl.sum(dgx * xb, axis=1, keep_dims=True), mask=rows < L)
+    tl.store(out_theta + 1, tl.sum(dgx * yb, axis=1, keep_dims=True), mask=rows < L)
+    tl.store(out_theta + 2, tl.sum(dgx, axis=1, keep_dims=True), mask=rows < L)
+    tl.store(out_theta + 3, tl.sum(dgy * xb, axis=1, keep_dims=True), mask=rows < L)
+    tl.store(out_theta + 4, tl.sum(dgy * yb, axis=1, keep_dims=True), mask=rows < L)
+    tl.store(out_theta + 5, tl.sum(dgy, axis=1, keep_dims=True), mask=rows < L)
 
 
 def _common(sprites: torch.Tensor, noise: Optional[torch.Tensor]) -> tuple:
@@ -187,10 +249,12 @@ def _common(sprites: torch.Tensor, noise: Optional[torch.Tensor]) -> tuple:
     return (*sprites.stride(), *noise_strides)
 
 
-def _meta(sprites: torch.Tensor, background: Optional[torch.Tensor], noise: Optional[torch.Tensor], block: int) -> dict:
-    L = sprites.shape[0]
-    return dict(L=L, LP=triton.next_power_of_2(L), HAS_BG=background is not None, HAS_NOISE=noise is not None,
-                ATEN_CPU=interpreted(), ACC64=sprites.dtype == torch.float64, BLOCK=block)
+def _meta(x: torch.Tensor, sprites: torch.Tensor, background: Optional[torch.Tensor], noise: Optional[torch.Tensor],
+          block: int) -> dict:
+    C, L = x.shape[1], sprites.shape[0]
+    return dict(C=C, CP=triton.next_power_of_2(C), L=L, LP=triton.next_power_of_2(L), HAS_BG=background is not None,
+                HAS_NOISE=noise is not None, ATEN_CPU=interpreted(), ACC64=sprites.dtype == torch.float64,
+                BLOCK=block, num_warps=NUM_WARPS)
 
 
 def render_loss_forward(x: torch.Tensor, sprites: torch.Tensor, theta: torch.Tensor, occlusion: torch.Tensor,
@@ -205,10 +269,10 @@ def render_loss_forward(x: torch.Tensor, sprites: torch.Tensor, theta: torch.Ten
     x, theta, occlusion, basis = x.contiguous(), theta.contiguous(), occlusion.contiguous(), basis.contiguous()
     bg = background.contiguous() if background is not None else x
     if partial.numel():
-        _render_loss_kernel[(B, n_blocks)](
+        launch(_render_loss_kernel, (B, n_blocks),
             partial, x, sprites, theta, occlusion, bg, noise if noise is not None else x, basis,
-            B, C, H, W, sprites.shape[3], sprites.shape[4], *_common(sprites, noise),
-            **_meta(sprites, background, noise, block))
+            B, H, W, sprites.shape[3], sprites.shape[4], *_common(sprites, noise),
+            **_meta(x, sprites, background, noise, block))
     # An empty batch has no error to average: 0, not 0/0.
     return (partial.sum() / max(x.numel(), 1)).to(x.dtype)
 
@@ -233,12 +297,13 @@ def render_loss_backward(grad: torch.Tensor, x: torch.Tensor, sprites: torch.Ten
     need_noise = need_noise and noise is not None
     dnoise = torch.zeros(L, B, 1, H, W, dtype=x.dtype, device=x.device) if need_noise else None
     if B * n_blocks:
-        _render_loss_backward_kernel[(B, n_blocks)](
+        launch(_render_loss_backward_kernel, (B, n_blocks),
             dsp, dtheta, docc, dbg if dbg is not None else x, dx if dx is not None else x,
             dnoise if dnoise is not None else x, grad.reshape(1),
             x, sprites, theta, occlusion, background.contiguous() if background is not None else x,
-            noise if noise is not None else x, basis, B, C, H, W, h, w, 1.0 / max(x.numel(), 1),
-            *_common(sprites, noise), NEED_DX=need_x, NEED_DNOISE=need_noise, **_meta(sprites, background, noise, block))
+            noise if noise is not None else x, basis, B, H, W, h, w, 1.0 / max(x.numel(), 1),
+            *_common(sprites, noise), NEED_DX=need_x, NEED_DNOISE=need_noise,
+            **_meta(x, sprites, background, noise, block))
     return [dx,
             dsp.to(sprites.dtype) if need_sprites else None,
             dtheta.sum(1).transpose(0, 1).contiguous().to(theta.dtype) if need_theta else None,

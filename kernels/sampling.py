@@ -14,7 +14,9 @@ The functions work on tiles of any shape: pointer arguments may be scalars or ti
 from __future__ import annotations
 
 import os
+from typing import Any
 
+import torch
 import triton
 import triton.language as tl
 
@@ -135,3 +137,19 @@ def block_size(gpu_block: int, n: int) -> int:
     if interpreted():
         return min(max(triton.next_power_of_2(max(n, 1)), gpu_block), 4096)
     return gpu_block
+
+
+def launch(kernel: Any, grid: tuple, *args: Any, **kwargs: Any) -> None:
+    """``kernel[grid](*args, **kwargs)``, or nothing when the tensors are fake (``FakeTensorMode``, meta).
+
+    The launchers are then their ops' fake kernels: run on fake tensors they allocate exactly the
+    outputs and the workspace that a real call allocates (what ``torch.compile`` and the device-memory
+    estimate of :mod:`dtifast.bench.memory` see), and launch nothing.
+    """
+    if any(isinstance(a, torch.Tensor) and _fake(a) for a in args):
+        return
+    kernel[grid](*args, **kwargs)
+
+
+def _fake(t: torch.Tensor) -> bool:
+    return t.device.type == "meta" or torch._subclasses.fake_tensor.is_fake(t)

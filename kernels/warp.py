@@ -27,7 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .sampling import block_size, corners, gather4, interp, interp_grad, interpreted, scatter4, source_index
+from .sampling import (block_size, corners, gather4, interp, interp_grad, interpreted, launch, scatter4,
+                       source_index)
 
 AFFINE, PROJECTIVE, TPS = 0, 1, 2
 N_THETA = {AFFINE: 6, PROJECTIVE: 9}
@@ -183,7 +184,7 @@ def warp_forward(x: torch.Tensor, theta: torch.Tensor, basis: torch.Tensor, inde
         return out
     theta, basis = theta.contiguous(), basis.contiguous()
     block = block_size(BLOCK, H * W)
-    _warp_forward_kernel[(N, triton.cdiv(H * W, block))](
+    launch(_warp_forward_kernel, (N, triton.cdiv(H * W, block)),
         out, x, theta, index if index is not None else theta, basis, *_launch_args(x, out_size), *x.stride(),
         BLOCK=block, **_flags(x, mode, theta, index, border))
     return out
@@ -204,7 +205,7 @@ def warp_backward(grad: torch.Tensor, x: torch.Tensor, theta: torch.Tensor, basi
     dx_samples = torch.zeros(N, C, h, w, dtype=acc, device=x.device) if need_dx else None
     partial = torch.zeros(N, n_blocks, max(n_theta, 1), dtype=acc, device=x.device) if need_dtheta else None
     if N and grad.numel() and (need_dx or need_dtheta):
-        _warp_backward_kernel[(N, n_blocks)](
+        launch(_warp_backward_kernel, (N, n_blocks),
             dx_samples if need_dx else theta, partial if need_dtheta else theta, grad, x, theta,
             index if index is not None else theta, basis, *_launch_args(x, out_size), n_blocks, *x.stride(),
             N_THETA=n_theta, NEED_DX=need_dx, NEED_DTHETA=need_dtheta, BLOCK=block,

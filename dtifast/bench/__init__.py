@@ -29,12 +29,13 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from .ops import ALL_CONFIGS
+
 __all__ = ["add_parser", "main", "run_report", "DEVICE_DEFAULTS"]
 
 SECTIONS = ("ops", "train", "max-batch", "memory-estimate")
 # The memory estimate's backends: the one CUDA tensors get by default, and the eager reference (upstream's memory).
 MEMORY_ESTIMATE_BACKENDS = ("triton", "torch")
-ALL_CONFIGS = ("tetro", "dsprites", "clevr6", "gtsrb8", "svhn", "horse", "instagram")
 
 # Per device: op shape sets and batch; training configs and batches (listed in the order they run:
 # the headline batch first, so that a time budget cuts the others); the cases that get the

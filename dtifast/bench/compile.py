@@ -56,8 +56,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 
-from . import ALL_CONFIGS
-from .ops import OP_CASES, OpCase, Shapes, make_inputs, shapes_for
+from .ops import ALL_CONFIGS, OP_CASES, OpCase, Shapes, make_inputs, shapes_for
 
 __all__ = ["ARCH_LIMITS", "CI_OPS", "CheckOptions", "CheckResult", "CompileRecorder", "StandInDriver", "ArchResult",
            "Variant", "prepare_process", "intercept_launches", "ptxas_stats", "occupancy", "run_check",

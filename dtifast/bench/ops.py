@@ -28,6 +28,7 @@ from dtifast.config import load_config
 
 C = 3
 MODES = ("fwd", "fwd+bwd")
+ALL_CONFIGS = ("tetro", "dsprites", "clevr6", "gtsrb8", "svhn", "horse", "instagram")  # the bundled configs
 COMPILE = "torch.compile"
 
 
@@ -135,6 +136,13 @@ def _sprite_warp_inputs(n_params: Any) -> Callable[[torch.Generator, Shapes], tu
     return make
 
 
+def _theta_inputs(g: torch.Generator, s: Shapes) -> tuple:
+    """The sprite-level affine warp given its matrices directly (near the identity)."""
+    n = s.L * s.K * s.B
+    theta = torch.eye(2, 3).expand(n, 2, 3) + 0.05 * torch.randn(n, 2, 3, generator=g)
+    return _sprites(g, (n,), s.h, s.w), theta, (s.h, s.w), "zeros"
+
+
 def _softclip_inputs(g: torch.Generator, s: Shapes) -> tuple:
     return _uniform(g, (s.L * s.K * s.B, C + 2, s.h, s.w), -0.5, 1.5), 0.01
 
@@ -215,6 +223,7 @@ def _single(s: Shapes) -> bool:
 
 OP_CASES: dict[str, OpCase] = {c.op: c for c in [
     OpCase("softclip", _softclip_inputs, (0,), _always),
+    OpCase("warp_theta", _theta_inputs, (0, 1), _always),
     OpCase("warp_position", _position_inputs, (0, 1), _multi),
     OpCase("warp_similarity", _sprite_warp_inputs(4), (0, 1), _always),
     OpCase("warp_affine", _sprite_warp_inputs(6), (0, 1), _always),

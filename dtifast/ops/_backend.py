@@ -168,6 +168,9 @@ def _check_dtype(backend: str, op: str, dtype: Optional[torch.dtype]) -> None:
                         "use backend='torch' for other dtypes")
 
 
+# torch.compile calls this at trace time and keeps its answer as a constant of the graph (it imports
+# modules and asks the dispatcher, which dynamo cannot trace; the answer depends on its arguments only).
+@torch.compiler.assume_constant_result
 def select(op: str, backend: Optional[str], device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
     """The backend that runs ``op`` on ``device`` (see the module docstring for the rules).
 

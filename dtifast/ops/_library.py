@@ -39,7 +39,8 @@ def _backward_fake(n_diff: int, with_needs: bool, as_list: bool) -> Callable:
     return fake
 
 
-def register_autograd(name: str, *, forward_fake: Callable, n_diff: int, with_needs: bool = True) -> None:
+def register_autograd(name: str, *, forward_fake: Callable, n_diff: int, with_needs: bool = True,
+                      backward_fake: Optional[Callable] = None) -> None:
     """Register the fakes of ``dtifast::<name>`` and ``dtifast::<name>_backward`` and the autograd formula
     that calls the backward op (see the module docstring for the contract).
 
@@ -50,12 +51,15 @@ def register_autograd(name: str, *, forward_fake: Callable, n_diff: int, with_ne
         n_diff: how many leading inputs are differentiable.
         with_needs: whether the backward op takes the ``needs`` flags (an op with one differentiable
             input computes its gradient whenever it is called).
+        backward_fake: the backward's fake kernel; default: empty gradients shaped like the inputs. (The
+            Triton ops pass their own implementations: the launchers allocate their outputs and workspace
+            and launch nothing on fake tensors, see ``kernels/sampling.py`` ``launch``.)
     """
     backward_name = backward_op_name(name)
     backward = getattr(torch.ops.dtifast, backward_name)
     as_list = str(backward.default._schema.returns[0].type) == "List[Tensor]"  # `-> Tensor[]` (vs a tuple)
     torch.library.register_fake(f"dtifast::{name}")(forward_fake)
-    torch.library.register_fake(f"dtifast::{backward_name}")(_backward_fake(n_diff, with_needs, as_list))
+    torch.library.register_fake(f"dtifast::{backward_name}")(backward_fake or _backward_fake(n_diff, with_needs, as_list))
 
     def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
         # save_for_backward takes tensors (or None); ints, floats and bools ride on ctx.

@@ -26,14 +26,12 @@ from ._library import fused_op, register_autograd
 __all__ = ["composite_layers", "composite_candidates"]
 
 
-@torch.library.custom_op("dtifast::composite_layers_triton", mutates_args=())
 def _composite_triton(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
                       background: Optional[torch.Tensor]) -> torch.Tensor:
     from dtifast.kernels import composite as kernels
     return kernels.composite_forward(layers, masks, occlusion, background)
 
 
-@torch.library.custom_op("dtifast::composite_layers_backward_triton", mutates_args=())
 def _composite_backward_triton(grad: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor,
                                occlusion: torch.Tensor, background: Optional[torch.Tensor], need_layers: bool,
                                need_masks: bool, need_occlusion: bool, need_background: bool
@@ -48,8 +46,13 @@ def _composite_fake(layers, masks, occlusion, background):
     return layers.new_empty(layers.shape[1:])
 
 
-for _name in (["composite_layers"] if native_error() is None else []) + ["composite_layers_triton"]:
-    register_autograd(_name, forward_fake=_composite_fake, n_diff=4)
+torch.library.custom_op("dtifast::composite_layers_triton", mutates_args=())(_composite_triton)
+torch.library.custom_op("dtifast::composite_layers_backward_triton", mutates_args=())(_composite_backward_triton)
+# The Triton launchers are their own fake kernels (they allocate their workspace, launch nothing on fakes).
+register_autograd("composite_layers_triton", forward_fake=_composite_triton, n_diff=4,
+                  backward_fake=_composite_backward_triton)
+if native_error() is None:
+    register_autograd("composite_layers", forward_fake=_composite_fake, n_diff=4)
 
 
 def composite_layers(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,

@@ -33,7 +33,6 @@ from ._library import fused_op
 __all__ = ["greedy_select", "greedy_select_sprites"]
 
 
-@torch.library.custom_op("dtifast::greedy_select_sprites_triton", mutates_args=())
 def _greedy_sprites_triton(x: torch.Tensor, sprites: torch.Tensor, theta: torch.Tensor, occlusion: torch.Tensor,
                            background: Optional[torch.Tensor], n_iter: int, empty_penalty: Optional[torch.Tensor],
                            noise: Optional[torch.Tensor], basis: torch.Tensor) -> torch.Tensor:
@@ -41,7 +40,6 @@ def _greedy_sprites_triton(x: torch.Tensor, sprites: torch.Tensor, theta: torch.
     return kernels.greedy_select(x, sprites, None, theta, occlusion, background, n_iter, empty_penalty, noise, basis)
 
 
-@torch.library.custom_op("dtifast::greedy_select_triton", mutates_args=())
 def _greedy_images_triton(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
                           background: Optional[torch.Tensor], n_iter: int,
                           empty_penalty: Optional[torch.Tensor]) -> torch.Tensor:
@@ -53,9 +51,12 @@ def _selection_fake(x, candidates, *args):
     return x.new_empty(candidates.shape[:3])
 
 
-for _name in ["greedy_select", "greedy_select_sprites"]:
-    for _op in ([_name] if native_error() is None else []) + [f"{_name}_triton"]:
-        torch.library.register_fake(f"dtifast::{_op}")(_selection_fake)
+for _name, _impl in (("greedy_select_sprites", _greedy_sprites_triton), ("greedy_select", _greedy_images_triton)):
+    torch.library.custom_op(f"dtifast::{_name}_triton", mutates_args=())(_impl)
+    # The Triton launcher is its own fake kernel (it allocates its workspace, launches nothing on fakes).
+    torch.library.register_fake(f"dtifast::{_name}_triton")(_impl)
+    if native_error() is None:
+        torch.library.register_fake(f"dtifast::{_name}")(_selection_fake)
 
 
 def greedy_select(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,

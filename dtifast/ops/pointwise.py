@@ -22,25 +22,21 @@ from ._library import fused_op, register_autograd
 __all__ = ["softclip", "color_transform"]
 
 
-@torch.library.custom_op("dtifast::softclip_triton", mutates_args=())
 def _softclip_triton(x: torch.Tensor, slope: float) -> torch.Tensor:
     from dtifast.kernels import pointwise as kernels
     return kernels.softclip_forward(x, slope)
 
 
-@torch.library.custom_op("dtifast::softclip_backward_triton", mutates_args=())
 def _softclip_backward_triton(grad: torch.Tensor, x: torch.Tensor, slope: float) -> torch.Tensor:
     from dtifast.kernels import pointwise as kernels
     return kernels.softclip_backward(grad, x, slope)
 
 
-@torch.library.custom_op("dtifast::color_transform_triton", mutates_args=())
 def _color_triton(x: torch.Tensor, params: torch.Tensor, slope: float) -> torch.Tensor:
     from dtifast.kernels import pointwise as kernels
     return kernels.color_forward(x, params, slope)
 
 
-@torch.library.custom_op("dtifast::color_transform_backward_triton", mutates_args=())
 def _color_backward_triton(grad: torch.Tensor, x: torch.Tensor, params: torch.Tensor, slope: float, need_x: bool,
                            need_params: bool) -> tuple[torch.Tensor, torch.Tensor]:
     from dtifast.kernels import pointwise as kernels
@@ -52,9 +48,17 @@ def _like_x(x: torch.Tensor, *args: object) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-for _suffix in ([""] if native_error() is None else []) + ["_triton"]:
-    register_autograd(f"softclip{_suffix}", forward_fake=_like_x, n_diff=1, with_needs=False)
-    register_autograd(f"color_transform{_suffix}", forward_fake=_like_x, n_diff=2)
+for _name, _impl in (("softclip_triton", _softclip_triton), ("softclip_backward_triton", _softclip_backward_triton),
+                     ("color_transform_triton", _color_triton),
+                     ("color_transform_backward_triton", _color_backward_triton)):
+    torch.library.custom_op(f"dtifast::{_name}", mutates_args=())(_impl)
+# The Triton launchers are their own fake kernels (they allocate their workspace, launch nothing on fakes).
+register_autograd("softclip_triton", forward_fake=_softclip_triton, n_diff=1, with_needs=False,
+                  backward_fake=_softclip_backward_triton)
+register_autograd("color_transform_triton", forward_fake=_color_triton, n_diff=2, backward_fake=_color_backward_triton)
+if native_error() is None:
+    register_autograd("softclip", forward_fake=_like_x, n_diff=1, with_needs=False)
+    register_autograd("color_transform", forward_fake=_like_x, n_diff=2)
 
 
 def softclip(x: torch.Tensor, slope: float = 0.01, *, backend: Optional[str] = None) -> torch.Tensor:

@@ -35,7 +35,6 @@ from .warp import warp_position
 __all__ = ["place_sprites", "render_loss"]
 
 
-@torch.library.custom_op("dtifast::render_loss_triton", mutates_args=())
 def _render_loss_triton(x: torch.Tensor, sprites: torch.Tensor, theta: torch.Tensor, occlusion: torch.Tensor,
                         background: Optional[torch.Tensor], noise: Optional[torch.Tensor],
                         basis: torch.Tensor) -> torch.Tensor:
@@ -43,7 +42,6 @@ def _render_loss_triton(x: torch.Tensor, sprites: torch.Tensor, theta: torch.Ten
     return kernels.render_loss_forward(x, sprites, theta, occlusion, background, noise, basis)
 
 
-@torch.library.custom_op("dtifast::render_loss_backward_triton", mutates_args=())
 def _render_loss_backward_triton(grad: torch.Tensor, x: torch.Tensor, sprites: torch.Tensor, theta: torch.Tensor,
                                  occlusion: torch.Tensor, background: Optional[torch.Tensor],
                                  noise: Optional[torch.Tensor], basis: torch.Tensor, need_x: bool, need_sprites: bool,
@@ -60,8 +58,13 @@ def _render_loss_fake(x, sprites, theta, occlusion, background, noise, basis):
     return x.new_empty(())
 
 
-for _name in (["render_loss"] if native_error() is None else []) + ["render_loss_triton"]:
-    register_autograd(_name, forward_fake=_render_loss_fake, n_diff=6)
+torch.library.custom_op("dtifast::render_loss_triton", mutates_args=())(_render_loss_triton)
+torch.library.custom_op("dtifast::render_loss_backward_triton", mutates_args=())(_render_loss_backward_triton)
+# The Triton launchers are their own fake kernels (they allocate their workspace, launch nothing on fakes).
+register_autograd("render_loss_triton", forward_fake=_render_loss_triton, n_diff=6,
+                  backward_fake=_render_loss_backward_triton)
+if native_error() is None:
+    register_autograd("render_loss", forward_fake=_render_loss_fake, n_diff=6)
 
 
 def place_sprites(sprites: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int],

@@ -46,14 +46,12 @@ _THETA_SHAPE = {"affine": (2, 3), "projective": (3, 3)}
 # Custom ops: the Triton twin of the C++ dtifast::warp_theta, then fakes and autograd for both
 # ----------------------------------------------------------------------------------------------------
 
-@torch.library.custom_op("dtifast::warp_theta_triton", mutates_args=())
 def _warp_theta_triton(x: torch.Tensor, theta: torch.Tensor, basis: torch.Tensor, index: Optional[torch.Tensor],
                        mode: int, out_h: int, out_w: int, border: bool) -> torch.Tensor:
     from dtifast.kernels import warp as kernels
     return kernels.warp_forward(x, theta, basis, index, mode, (out_h, out_w), border)
 
 
-@torch.library.custom_op(f"dtifast::{backward_op_name('warp_theta_triton')}", mutates_args=())
 def _warp_theta_backward_triton(grad: torch.Tensor, x: torch.Tensor, theta: torch.Tensor, basis: torch.Tensor,
                                 index: Optional[torch.Tensor], mode: int, out_h: int, out_w: int, border: bool,
                                 need_x: bool, need_theta: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,8 +65,13 @@ def _warp_fake(x, theta, basis, index, mode, out_h, out_w, border):
     return x.new_empty(theta.shape[0], x.shape[1], out_h, out_w)
 
 
-for _name in (["warp_theta"] if native_error() is None else []) + ["warp_theta_triton"]:
-    register_autograd(_name, forward_fake=_warp_fake, n_diff=2)
+torch.library.custom_op("dtifast::warp_theta_triton", mutates_args=())(_warp_theta_triton)
+torch.library.custom_op(f"dtifast::{backward_op_name('warp_theta_triton')}", mutates_args=())(_warp_theta_backward_triton)
+# The Triton launchers are their own fake kernels (they allocate their workspace, launch nothing on fakes).
+register_autograd("warp_theta_triton", forward_fake=_warp_theta_triton, n_diff=2,
+                  backward_fake=_warp_theta_backward_triton)
+if native_error() is None:
+    register_autograd("warp_theta", forward_fake=_warp_fake, n_diff=2)
 
 
 # ----------------------------------------------------------------------------------------------------
