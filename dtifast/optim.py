@@ -46,7 +46,8 @@ def build_optimizer(model: torch.nn.Module, opt_cfg: Mapping[str, Any], lr_facto
     """The optimizer over two groups, in upstream's order: cluster parameters, then networks.
 
     Adam and AdamW use torch's fused update (one kernel over every parameter; 7x faster than the
-    per-tensor loop for ResNet-18 on the CPU) unless ``fused: false``: the same Adam update, rounded differently in the last bits.
+    per-tensor loop for ResNet-18 on the CPU) unless ``fused: false``: the same Adam update, rounded differently
+    in the last bits.
 
     ``opt_cfg`` is the ``training.optimizer`` section; its ``cluster`` / ``transformer`` dicts override
     the top-level options per group (upstream puts the networks' weight decay in ``transformer``).

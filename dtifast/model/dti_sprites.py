@@ -461,7 +461,8 @@ class DTISprites(nn.Module):
             return out.selection.mean(2)
         best = out.distances.argmin(1) % self.n_sprites
         # A scatter rather than bincount, which reads the largest index back to size its output.
-        counts = out.distances.new_zeros(self.n_sprites).scatter_add_(0, best, torch.ones_like(best, dtype=out.distances.dtype))
+        ones = torch.ones_like(best, dtype=out.distances.dtype)
+        counts = out.distances.new_zeros(self.n_sprites).scatter_add_(0, best, ones)
         return counts / max(best.numel(), 1)
 
     @torch.no_grad()
