@@ -26,8 +26,8 @@ import triton
 import triton.language as tl
 
 from .composite import BLOCK, NUM_WARPS, composite_grads, load_rows, row, store_rows, total, visibility, with_row
-from .sampling import (block_size, corners, gather4, interp, interp_grad, interpreted, launch, scatter4, softclip,
-                       softclip_grad, source_index)
+from .sampling import (RECORD_CHUNK, add_recorded, block_size, corners, deterministic, gather4, interp, interp_grad,
+                       interpreted, launch, record4, record_offsets4, scatter4, softclip, softclip_grad, source_index)
 
 MASK_SLOPE = tl.constexpr(0.01)  # upstream's softclip slope for the noisy mask
 # Arguments that change with the batch size: not specialised (a partial last batch must not recompile).
@@ -80,6 +80,23 @@ def scatter(base, g, ix, iy, h, w, active):
     """Add ``g`` times the bilinear weights of ``(ix, iy)`` into the contiguous ``(h, w)`` plane at ``base``."""
     o00, o01, o10, o11, m00, m01, m10, m11, wx0, wx1, wy0, wy1 = corners(ix, iy, h, w, w, 1, active)
     scatter4(base, g, o00, o01, o10, o11, m00, m01, m10, m11, wx0, wx1, wy0, wy1)
+
+
+@triton.jit
+def record(val_ptr, g, ix, iy, h, w, active):
+    """:func:`scatter`'s contributions recorded at ``val_ptr + 0..3`` instead (deterministic mode)."""
+    _, _, _, _, m00, m01, m10, m11, wx0, wx1, wy0, wy1 = corners(ix, iy, h, w, w, 1, active)
+    record4(val_ptr, g, m00, m01, m10, m11, wx0, wx1, wy0, wy1, active)
+
+
+@triton.jit
+def plane_gradient(dbase, rec_ptr, g, ix, iy, h, w, active, RECORD: tl.constexpr):
+    """The gradient ``g`` of a bilinear read at ``(ix, iy)`` into a contiguous ``(h, w)`` plane: added at
+    ``dbase``, or recorded at ``rec_ptr`` in deterministic mode."""
+    if RECORD:
+        record(rec_ptr, g, ix, iy, h, w, active)
+    else:
+        scatter(dbase, g, ix, iy, h, w, active)
 
 
 @triton.jit
@@ -156,17 +173,17 @@ def _render_loss_kernel(partial_ptr, x_ptr, sp_ptr, theta_ptr, occ_ptr, bg_ptr, 
     tl.store(partial_ptr + b * tl.num_programs(1) + blk, total(diff * diff))
 
 
-@triton.jit(do_not_specialize=BATCH_ARGS)
-def _render_loss_backward_kernel(dsp_ptr, dtheta_ptr, docc_ptr, dbg_ptr, dx_ptr, dnoise_ptr, gout_ptr,
-                                 x_ptr, sp_ptr, theta_ptr, occ_ptr, bg_ptr, noise_ptr, basis_ptr,
-                                 B, H, W, h, w, inv_numel,
+@triton.jit(do_not_specialize=BATCH_ARGS + ["b0"])
+def _render_loss_backward_kernel(dsp_ptr, dtheta_ptr, docc_ptr, dbg_ptr, dx_ptr, dnoise_ptr, rec_val_ptr, rec_idx_ptr,
+                                 gout_ptr, x_ptr, sp_ptr, theta_ptr, occ_ptr, bg_ptr, noise_ptr, basis_ptr,
+                                 b0, B, H, W, h, w, inv_numel,
                                  s_l, s_b, s_c, s_y, s_x, n_l, n_b, n_y, n_x,
                                  C: tl.constexpr, CP: tl.constexpr, L: tl.constexpr, LP: tl.constexpr,
                                  HAS_BG: tl.constexpr, HAS_NOISE: tl.constexpr, NEED_DX: tl.constexpr,
-                                 NEED_DNOISE: tl.constexpr, ATEN_CPU: tl.constexpr, ACC64: tl.constexpr,
-                                 BLOCK: tl.constexpr):
+                                 NEED_DNOISE: tl.constexpr, RECORD: tl.constexpr, ATEN_CPU: tl.constexpr,
+                                 ACC64: tl.constexpr, BLOCK: tl.constexpr):
     acc: tl.constexpr = tl.float64 if ACC64 else tl.float32
-    b = tl.program_id(0).to(tl.int64)
+    b = b0 + tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     n_blocks = tl.num_programs(1)
     HW = H * W
@@ -207,6 +224,12 @@ def _render_loss_backward_kernel(dsp_ptr, dtheta_ptr, docc_ptr, dbg_ptr, dx_ptr,
         w_l = row(weight, rows, layer)
         base = sp_ptr + layer * s_l + b * s_b
         dbase = dsp_ptr + (layer * B + b) * CE * h * w
+        # Deterministic mode: this (image, layer)'s corner contributions, plane by plane, for the launcher.
+        rbase = rec_val_ptr + ((b - b0) * L + layer) * CE * HW * 4 + p * 4
+        if RECORD:
+            o00, o01, o10, o11, m00, m01, m10, m11, _, _, _, _ = corners(ix, iy, h, w, w, 1, active)
+            record_offsets4(rec_idx_ptr + (((b - b0) * L + layer) * HW + p) * 4, o00, o01, o10, o11, m00, m01, m10,
+                            m11, active)
         gix = tl.zeros_like(ix)
         giy = tl.zeros_like(ix)
         for ch in range(C):
@@ -214,7 +237,7 @@ def _render_loss_backward_kernel(dsp_ptr, dtheta_ptr, docc_ptr, dbg_ptr, dx_ptr,
             _, dvx, dvy = sample_with_grad(base + ch * s_c, ix, iy, h, w, s_y, s_x, active, acc)
             gix += dcol * dvx
             giy += dcol * dvy
-            scatter(dbase + ch * h * w, dcol, ix, iy, h, w, active)
+            plane_gradient(dbase + ch * h * w, rbase + ch * HW * 4, dcol, ix, iy, h, w, active, RECORD)
         mask, dmx, dmy = sample_with_grad(base + C * s_c, ix, iy, h, w, s_y, s_x, active, acc)
         dz = row(dm, rows, layer)
         if HAS_NOISE:
@@ -224,10 +247,10 @@ def _render_loss_backward_kernel(dsp_ptr, dtheta_ptr, docc_ptr, dbg_ptr, dx_ptr,
             if NEED_DNOISE:
                 tl.store(dnoise_ptr + (layer * B + b) * HW + p, (dz * canvas).to(dnoise_ptr.dtype.element_ty),
                          mask=active)
-            scatter(dbase + (C + 1) * h * w, dz * nz, ix, iy, h, w, active)
+            plane_gradient(dbase + (C + 1) * h * w, rbase + (C + 1) * HW * 4, dz * nz, ix, iy, h, w, active, RECORD)
             gix += dz * nz * dcx
             giy += dz * nz * dcy
-        scatter(dbase + C * h * w, dz, ix, iy, h, w, active)
+        plane_gradient(dbase + C * h * w, rbase + C * HW * 4, dz, ix, iy, h, w, active, RECORD)
         GIX = with_row(GIX, rows, layer, gix + dz * dmx)
         GIY = with_row(GIY, rows, layer, giy + dz * dmy)
     # Placement matrices: gx = t0·x + t1·y + t2, gy = t3·x + t4·y + t5, d(pixel)/d(normalised) = size / 2
@@ -281,7 +304,12 @@ def render_loss_backward(grad: torch.Tensor, x: torch.Tensor, sprites: torch.Ten
                          occlusion: torch.Tensor, background: Optional[torch.Tensor], noise: Optional[torch.Tensor],
                          basis: torch.Tensor, needs: tuple[bool, ...]) -> list[Optional[torch.Tensor]]:
     """Gradients to ``(x, sprites, theta, occlusion, background, noise)`` where ``needs`` asks for them
-    (None otherwise, and for an absent background or noise); sprite gradients are contiguous."""
+    (None otherwise, and for an absent background or noise); sprite gradients are contiguous.
+
+    The sprite gradient is accumulated with atomics into each (layer, image) sprite, or, under
+    ``torch.use_deterministic_algorithms(True)``, recorded per bilinear corner and added with
+    ``index_add_`` in a fixed order (chunks of images; see :func:`sampling.deterministic`).
+    """
     need_x, need_sprites, need_theta, need_occ, need_bg, need_noise = needs
     B, C, H, W = x.shape
     L, _, CE, h, w = sprites.shape
@@ -296,14 +324,24 @@ def render_loss_backward(grad: torch.Tensor, x: torch.Tensor, sprites: torch.Ten
     dx = torch.zeros_like(x) if need_x else None
     need_noise = need_noise and noise is not None
     dnoise = torch.zeros(L, B, 1, H, W, dtype=x.dtype, device=x.device) if need_noise else None
-    if B * n_blocks:
-        launch(_render_loss_backward_kernel, (B, n_blocks),
-            dsp, dtheta, docc, dbg if dbg is not None else x, dx if dx is not None else x,
-            dnoise if dnoise is not None else x, grad.reshape(1),
-            x, sprites, theta, occlusion, background.contiguous() if background is not None else x,
-            noise if noise is not None else x, basis, B, H, W, h, w, 1.0 / max(x.numel(), 1),
-            *_common(sprites, noise), NEED_DX=need_x, NEED_DNOISE=need_noise,
-            **_meta(x, sprites, background, noise, block))
+    record = deterministic()
+    chunk = max(1, RECORD_CHUNK // max(L * CE * H * W * 4, 1)) if record else max(B, 1)
+    for b0 in range(0, B if n_blocks else 0, chunk):
+        count = min(chunk, B - b0)
+        values = torch.zeros(count, L, CE, H * W, 4, dtype=acc, device=x.device) if record else x
+        offsets = torch.zeros(count, L, 1, H * W, 4, dtype=torch.int32, device=x.device) if record else x
+        launch(_render_loss_backward_kernel, (count, n_blocks),
+               dsp, dtheta, docc, dbg if dbg is not None else x, dx if dx is not None else x,
+               dnoise if dnoise is not None else x, values, offsets, grad.reshape(1),
+               x, sprites, theta, occlusion, background.contiguous() if background is not None else x,
+               noise if noise is not None else x, basis, b0, B, H, W, h, w, 1.0 / max(x.numel(), 1),
+               *_common(sprites, noise), NEED_DX=need_x, NEED_DNOISE=need_noise, RECORD=record,
+               **_meta(x, sprites, background, noise, block))
+        if record:
+            layers = torch.arange(L, device=x.device)[None, :, None]
+            images = torch.arange(b0, b0 + count, device=x.device)[:, None, None]
+            planes = torch.arange(CE, device=x.device)[None, None, :]
+            add_recorded(dsp.view(-1), values, offsets, ((layers * B + images) * CE + planes) * (h * w))
     return [dx,
             dsp.to(sprites.dtype) if need_sprites else None,
             dtheta.sum(1).transpose(0, 1).contiguous().to(theta.dtype) if need_theta else None,

@@ -126,6 +126,47 @@ def scatter4(base, g, o00, o01, o10, o11, m00, m01, m10, m11, wx0, wx1, wy0, wy1
     tl.atomic_add(base + o11, g * (wy1 * wx1), mask=m11)
 
 
+@triton.jit
+def record4(val_ptr, g, m00, m01, m10, m11, wx0, wx1, wy0, wy1, active):
+    """The deterministic stand-in for :func:`scatter4`: store ``g`` times each corner weight at
+    ``val_ptr + 0..3`` (0 for a corner outside the input) instead of adding it, for the launcher to add
+    with ``index_add_`` (deterministic under ``torch.use_deterministic_algorithms``)."""
+    tl.store(val_ptr + 0, tl.where(m00, g * (wy0 * wx0), 0.0), mask=active)
+    tl.store(val_ptr + 1, tl.where(m01, g * (wy0 * wx1), 0.0), mask=active)
+    tl.store(val_ptr + 2, tl.where(m10, g * (wy1 * wx0), 0.0), mask=active)
+    tl.store(val_ptr + 3, tl.where(m11, g * (wy1 * wx1), 0.0), mask=active)
+
+
+@triton.jit
+def record_offsets4(idx_ptr, o00, o01, o10, o11, m00, m01, m10, m11, active):
+    """The four corner offsets of :func:`record4`'s values at ``idx_ptr + 0..3`` (0 outside the input: its
+    value is 0 there)."""
+    tl.store(idx_ptr + 0, tl.where(m00, o00, 0), mask=active)
+    tl.store(idx_ptr + 1, tl.where(m01, o01, 0), mask=active)
+    tl.store(idx_ptr + 2, tl.where(m10, o10, 0), mask=active)
+    tl.store(idx_ptr + 3, tl.where(m11, o11, 0), mask=active)
+
+
+def deterministic() -> bool:
+    """Whether the input gradients must not depend on the order of float atomics
+    (``torch.use_deterministic_algorithms(True)``): the backward kernels then record each bilinear
+    corner's contribution and the launcher sums them with ``index_add_``, in chunks of
+    :data:`RECORD_CHUNK` contributions."""
+    return torch.are_deterministic_algorithms_enabled()
+
+
+RECORD_CHUNK = 1 << 24  # contributions recorded per pass in deterministic mode (64 MiB of float32 values)
+
+
+def add_recorded(target: torch.Tensor, values: torch.Tensor, offsets: torch.Tensor, plane_base: torch.Tensor) -> None:
+    """Add recorded corner contributions into the flat ``target``: ``values`` ``(*planes, HW, 4)`` (four
+    corners of HW pixels per plane), ``offsets`` within a plane, broadcastable to ``values`` (planes that
+    share their corners share their offsets), ``plane_base`` ``planes``: where each plane starts in
+    ``target``. ``index_add_`` adds in a fixed order under ``torch.use_deterministic_algorithms(True)``."""
+    index = plane_base[..., None, None] + offsets.to(torch.int64)
+    target.index_add_(0, index.expand_as(values).reshape(-1), values.reshape(-1))
+
+
 def interpreted() -> bool:
     """Whether the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, CPU tensors)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

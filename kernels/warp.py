@@ -27,8 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .sampling import (block_size, corners, gather4, interp, interp_grad, interpreted, launch, scatter4,
-                       source_index)
+from .sampling import (RECORD_CHUNK, add_recorded, block_size, corners, deterministic, gather4, interp, interp_grad,
+                       interpreted, launch, record4, record_offsets4, scatter4, source_index)
 
 AFFINE, PROJECTIVE, TPS = 0, 1, 2
 N_THETA = {AFFINE: 6, PROJECTIVE: 9}
@@ -97,15 +97,15 @@ def _warp_forward_kernel(out_ptr, x_ptr, theta_ptr, index_ptr, basis_ptr,
         tl.store(out_base + c * H * W, val.to(out_ptr.dtype.element_ty), mask=active)
 
 
-@triton.jit
-def _warp_backward_kernel(dx_ptr, dtheta_ptr, grad_ptr, x_ptr, theta_ptr, index_ptr, basis_ptr,
-                          C, h, w, H, W, eps, n_blocks,
+@triton.jit(do_not_specialize=["n0"])
+def _warp_backward_kernel(dx_ptr, dtheta_ptr, rec_val_ptr, rec_idx_ptr, grad_ptr, x_ptr, theta_ptr, index_ptr,
+                          basis_ptr, n0, C, h, w, H, W, eps, n_blocks,
                           sx_n, sx_c, sx_y, sx_x,
                           MODE: tl.constexpr, G2: tl.constexpr, N_THETA: tl.constexpr, HAS_INDEX: tl.constexpr,
                           BORDER: tl.constexpr, NEED_DX: tl.constexpr, NEED_DTHETA: tl.constexpr,
-                          ATEN_CPU: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr):
+                          RECORD: tl.constexpr, ATEN_CPU: tl.constexpr, ACC64: tl.constexpr, BLOCK: tl.constexpr):
     acc: tl.constexpr = tl.float64 if ACC64 else tl.float32
-    n = tl.program_id(0).to(tl.int64)
+    n = n0 + tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     p = blk * BLOCK + tl.arange(0, BLOCK)
     active = p < H * W
@@ -119,6 +119,8 @@ def _warp_backward_kernel(dx_ptr, dtheta_ptr, grad_ptr, x_ptr, theta_ptr, index_
     # The input gradient goes to this output sample's own buffer (contiguous (N, C, h, w)).
     dx_base = dx_ptr + n * C * h * w
     d00, d01, d10, d11, _, _, _, _, _, _, _, _ = corners(ix, iy, h, w, w, 1, active)
+    if NEED_DX and RECORD:  # deterministic mode: record the corners, the launcher adds them in a fixed order
+        record_offsets4(rec_idx_ptr + ((n - n0) * H * W + p) * 4, d00, d01, d10, d11, m00, m01, m10, m11, active)
     gix = tl.zeros([BLOCK], dtype=acc)
     giy = tl.zeros([BLOCK], dtype=acc)
     for c in range(C):
@@ -129,7 +131,11 @@ def _warp_backward_kernel(dx_ptr, dtheta_ptr, grad_ptr, x_ptr, theta_ptr, index_
             gix += g * dvx
             giy += g * dvy
         if NEED_DX:
-            scatter4(dx_base + c * h * w, g, d00, d01, d10, d11, m00, m01, m10, m11, wx0, wx1, wy0, wy1)
+            if RECORD:
+                record4(rec_val_ptr + (((n - n0) * C + c) * H * W + p) * 4, g, m00, m01, m10, m11, wx0, wx1, wy0,
+                        wy1, active)
+            else:
+                scatter4(dx_base + c * h * w, g, d00, d01, d10, d11, m00, m01, m10, m11, wx0, wx1, wy0, wy1)
     if NEED_DTHETA:
         dgx = tl.where(active, gix * dix, 0.0)
         dgy = tl.where(active, giy * diy, 0.0)
@@ -193,7 +199,12 @@ def warp_forward(x: torch.Tensor, theta: torch.Tensor, basis: torch.Tensor, inde
 def warp_backward(grad: torch.Tensor, x: torch.Tensor, theta: torch.Tensor, basis: torch.Tensor,
                   index: Optional[torch.Tensor], mode: int, out_size: tuple[int, int], border: bool,
                   need_dx: bool, need_dtheta: bool) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Gradients of :func:`warp_forward` to ``x`` (shape of ``x``) and ``theta`` (shape of ``theta``)."""
+    """Gradients of :func:`warp_forward` to ``x`` (shape of ``x``) and ``theta`` (shape of ``theta``).
+
+    The input gradient is accumulated per output sample with atomics, or, under
+    ``torch.use_deterministic_algorithms(True)``, recorded per bilinear corner and added with
+    ``index_add_`` in a fixed order (chunks of output samples; see :func:`sampling.deterministic`).
+    """
     N = theta.shape[0]
     H, W = out_size
     C, h, w = x.shape[1:]
@@ -205,11 +216,21 @@ def warp_backward(grad: torch.Tensor, x: torch.Tensor, theta: torch.Tensor, basi
     dx_samples = torch.zeros(N, C, h, w, dtype=acc, device=x.device) if need_dx else None
     partial = torch.zeros(N, n_blocks, max(n_theta, 1), dtype=acc, device=x.device) if need_dtheta else None
     if N and grad.numel() and (need_dx or need_dtheta):
-        launch(_warp_backward_kernel, (N, n_blocks),
-            dx_samples if need_dx else theta, partial if need_dtheta else theta, grad, x, theta,
-            index if index is not None else theta, basis, *_launch_args(x, out_size), n_blocks, *x.stride(),
-            N_THETA=n_theta, NEED_DX=need_dx, NEED_DTHETA=need_dtheta, BLOCK=block,
-            **_flags(x, mode, theta, index, border))
+        record = need_dx and deterministic()
+        chunk = max(1, RECORD_CHUNK // max(C * H * W * 4, 1)) if record else N
+        for n0 in range(0, N, chunk):
+            count = min(chunk, N - n0)
+            values = torch.zeros(count, C, H * W, 4, dtype=acc, device=x.device) if record else theta
+            offsets = torch.zeros(count, 1, H * W, 4, dtype=torch.int32, device=x.device) if record else theta
+            launch(_warp_backward_kernel, (count, n_blocks),
+                   dx_samples if need_dx else theta, partial if need_dtheta else theta, values, offsets, grad, x, theta,
+                   index if index is not None else theta, basis, n0, *_launch_args(x, out_size), n_blocks, *x.stride(),
+                   N_THETA=n_theta, NEED_DX=need_dx, NEED_DTHETA=need_dtheta, RECORD=record, BLOCK=block,
+                   **_flags(x, mode, theta, index, border))
+            if record:
+                planes = (torch.arange(n0, n0 + count, device=x.device)[:, None] * C
+                          + torch.arange(C, device=x.device)[None, :]) * (h * w)
+                add_recorded(dx_samples.view(-1), values, offsets, planes)
     dx = dtheta = None
     if need_dx:
         if index is None:

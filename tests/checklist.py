@@ -80,3 +80,19 @@ def assert_matches_reference(fn: Callable, reference: Callable, inputs: Sequence
             continue
         assert a is not None, f"{what}: missing"
         assert_close(a, b, dtype, what, grad_scale)
+
+
+def count_recorded_adds(monkeypatch: pytest.MonkeyPatch, kernel_module: str) -> list[int]:
+    """Count the deterministic-mode reductions of ``dtifast.kernels.<kernel_module>`` (one entry per call):
+    proof that a Triton backward took its recorded, atomics-free path."""
+    import importlib
+    from dtifast.kernels import sampling
+    module = importlib.import_module(f"dtifast.kernels.{kernel_module}")
+    calls: list[int] = []
+
+    def counting(*args):
+        calls.append(1)
+        return sampling.add_recorded(*args)
+
+    monkeypatch.setattr(module, "add_recorded", counting)
+    return calls

@@ -72,3 +72,12 @@ def value_checks_left_as_found():
     set_value_checks(before)
     assert after == before, f"this test left the ops' value checks {'on' if after else 'off'}, it found them " \
                             f"{'on' if before else 'off'}"
+
+
+@pytest.fixture
+def deterministic_algorithms():
+    """``torch.use_deterministic_algorithms(True)`` for one test (restored after)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)

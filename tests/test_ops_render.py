@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from checklist import DTYPES, assert_close, assert_matches_reference, backend_for
+from checklist import DTYPES, assert_close, assert_matches_reference, backend_for, count_recorded_adds
 from dtifast import ops
 from dtifast.ops import reference
 from thread_runs import assert_bitwise_equal, run_per_thread_count
@@ -91,6 +91,19 @@ def test_render_loss_bad_input(backend, device):
     with ops.value_checks():
         with pytest.raises(ValueError, match="params contains NaN or inf"):
             ops.render_loss(x, sprites, params.clone().fill_(float("inf")), occ, bg, nz, backend=name)
+
+
+def test_render_loss_deterministic_mode_records_and_matches_the_reference(backend, device, deterministic_algorithms,
+                                                                         monkeypatch):
+    # Under torch.use_deterministic_algorithms(True) the Triton backward records each bilinear corner of
+    # the sprite gradient and adds them with index_add_ (no float atomics), chunk by chunk of images.
+    name = backend_for(backend, "render_loss", device)
+    calls = count_recorded_adds(monkeypatch, "render_loss") if name == "triton" else None
+    if name == "triton":
+        from dtifast.kernels import render_loss as kernels
+        monkeypatch.setattr(kernels, "RECORD_CHUNK", 3 * 5 * 13 * 15 * 4)  # one image per chunk: 3 chunks
+    _check(name, _inputs(3, 3, 3, 13, 15, 9, 8, torch.float64, device), torch.float64)
+    assert calls is None or len(calls) == 3, "the deterministic path was not taken chunk by chunk"
 
 
 def test_render_loss_native_does_not_depend_on_the_thread_count():

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from checklist import DTYPES, assert_close, assert_matches_reference, backend_for
+from checklist import DTYPES, assert_close, assert_matches_reference, backend_for, count_recorded_adds
 from dtifast import ops
 from dtifast.ops import reference
 from thread_runs import assert_bitwise_equal, run_per_thread_count
@@ -270,3 +270,16 @@ def test_property_fused_warps_match_the_reference(fused, case, device):
     x = torch.rand(n, c, h, w, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
     p = _params(kind, n, dtype, device, scale=scale, seed=seed)
     _check(kind, name, x, p, out_size, padding, dtype, grad_scale=50.0 if dtype == torch.float32 else 10.0)
+
+
+@pytest.mark.parametrize("kind", ["position", "tps"])
+def test_deterministic_mode_records_and_matches_the_reference(kind, backend, device, deterministic_algorithms,
+                                                             monkeypatch):
+    # Under torch.use_deterministic_algorithms(True) the Triton backward records each bilinear corner and
+    # adds them with index_add_ (no float atomics); the result is still the reference's.
+    name = backend_for(backend, f"warp_{kind}", device)
+    calls = count_recorded_adds(monkeypatch, "warp") if name == "triton" else None
+    x = torch.rand(3, 2, 6, 5, dtype=torch.float64, device=device)
+    index = torch.tensor([2, 0, 2, 1], device=device)
+    _check(kind, name, x, _params(kind, 4, torch.float64, device), (7, 9), "border", torch.float64, index=index)
+    assert calls is None or calls, "the deterministic path was not taken"

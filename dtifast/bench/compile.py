@@ -68,6 +68,10 @@ COMPILE_ONLY_ENV = "DTIFAST_TRITON_COMPILE_ONLY"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 # The CI subset: at CLEVR6's L = 6 (the largest), these ops launch every kernel of dtifast.kernels.
 CI_OPS = ("render_loss", "composite_layers", "greedy_select_sprites", "place_sprites", "color_transform")
+# Ops whose Triton backward records its input gradient instead of using atomics in deterministic mode
+# (torch.use_deterministic_algorithms): compiled once more in that mode.
+RECORDED_BACKWARD_OPS = ("render_loss", "place_sprites", "warp_theta", "warp_position", "warp_similarity",
+                         "warp_affine", "warp_projective", "warp_tps")
 CI_CONFIG = "clevr6"
 WARP_SIZE = 32
 CPU = torch.device("cpu")
@@ -521,12 +525,14 @@ def occupancy(arch: int, registers: int, threads: int, smem: int) -> dict[str, A
 
 @dataclass(frozen=True)
 class Job:
-    """One op called at one shape set and dtype; ``compile_new`` False: new variants only detected."""
+    """One op called at one shape set and dtype; ``compile_new`` False: new variants only detected;
+    ``deterministic``: under ``torch.use_deterministic_algorithms(True)`` (the recorded backward variants)."""
     config: str
     batch: int
     dtype: str
     op: str
     compile_new: bool = True
+    deterministic: bool = False
 
 
 def ops_for(shapes: Shapes, subset: str) -> list[OpCase]:
@@ -536,12 +542,16 @@ def ops_for(shapes: Shapes, subset: str) -> list[OpCase]:
 
 
 def plan(opts: CheckOptions) -> list[Job]:
-    """Every job: each config × dtype × op at the batch, then the partial-batch pass."""
+    """Every job: each config × dtype × op at the batch, the ops whose backward has a deterministic
+    variant again in deterministic mode, then the partial-batch pass."""
     passes = [(c, opts.batch, True) for c in opts.configs]
     if opts.partial_batch:
         passes.append((opts.partial_config, opts.partial_batch, opts.partial_compile))
-    return [Job(c, b, d, case.op, compile_new) for c, b, compile_new in passes for d in opts.dtypes
+    jobs = [Job(c, b, d, case.op, compile_new) for c, b, compile_new in passes for d in opts.dtypes
             for case in ops_for(shapes_for(c, b), opts.subset)]
+    jobs += [Job(c, opts.batch, d, case.op, deterministic=True) for c in opts.configs for d in opts.dtypes
+             for case in ops_for(shapes_for(c, opts.batch), opts.subset) if case.op in RECORDED_BACKWARD_OPS]
+    return jobs
 
 
 def run_op(case: OpCase, shapes: Shapes, dtype: torch.dtype) -> None:
@@ -553,6 +563,17 @@ def run_op(case: OpCase, shapes: Shapes, dtype: torch.dtype) -> None:
     if mode == "fwd+bwd":
         outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad]
         torch.autograd.backward([o.sum() for o in outs])
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(enabled)`` inside the block, restored after."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def run_jobs(recorder: CompileRecorder, jobs: Sequence[Job], progress: bool = True) -> list[str]:
@@ -568,7 +589,8 @@ def run_jobs(recorder: CompileRecorder, jobs: Sequence[Job], progress: bool = Tr
         for job in tqdm(jobs, desc="compile check", unit="op", disable=not progress):
             log.info("%s B=%d %s %s", job.config, job.batch, job.dtype, job.op)
             try:
-                with recorder.recording(LaunchContext(job.config, job.batch, job.dtype, job.op), job.compile_new):
+                with recorder.recording(LaunchContext(job.config, job.batch, job.dtype, job.op), job.compile_new), \
+                        deterministic_algorithms(job.deterministic):
                     run_op(OP_CASES[job.op], shapes_for(job.config, job.batch), DTYPES[job.dtype])
             except Exception as err:  # noqa: BLE001 - report every failing job, not just the first
                 message = str(err) if isinstance(err, CompileFailure) else \
