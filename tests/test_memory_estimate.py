@@ -206,3 +206,21 @@ def test_bench_section_writes_the_labelled_table(tmp_path):
     table = (tmp_path / "cpu.md").read_text()
     assert "estimate (fake CUDA tensors, not measured)" in table
     assert f"| {SMALL} | `triton` | 32 | {fused['peak_bytes'] / 2**20:.0f} |" in table
+
+
+def test_device_constants_first_built_in_a_trace_serve_later_traces_and_real_runs():
+    from dtifast.ops.geometry import _tps_weights_cpu64, tps_weights
+
+    _tps_weights_cpu64.cache_clear()  # the TPS solve must now happen inside the first trace
+    shapes = []
+    for _ in range(2):  # two traces, each in its own fake mode, as the bench's triton then torch estimates
+        with FakeTensorMode():
+            shapes.append(tps_weights(4, (6, 5), torch.float32, torch.device("cpu")).shape)
+    real = tps_weights(4, (6, 5), torch.float32, torch.device("cpu"))
+    assert type(real) is torch.Tensor and shapes == [real.shape] * 2 == [(30, 16)] * 2
+    assert torch.allclose(real.sum(1), torch.ones(30))  # interpolation weights reproduce constants
+
+
+def test_tps_config_estimates_on_both_backends_in_turn():
+    for backend in ("triton", "torch"):
+        assert estimate_step_memory("gtsrb8", 2, backend=backend).peak_bytes > 0

@@ -17,6 +17,7 @@ from typing import Callable, TypeVar
 
 import torch
 from torch._guards import detect_fake_mode
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 __all__ = ["position_matrix", "similarity_matrix", "affine_matrix", "projective_matrix", "tps_control_points",
            "tps_weights", "affine_basis", "linspace_basis", "linspace_grid"]
@@ -97,13 +98,19 @@ def _tps_radial(points: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=64)
 def _tps_weights_cpu64(grid_size: int, out_size: tuple[int, int]) -> torch.Tensor:
+    """:func:`_solve_tps_weights`, cached as a real tensor even when first asked inside a fake-tensor trace."""
+    with unset_fake_temporarily():
+        return _solve_tps_weights(grid_size, out_size)
+
+
+def _solve_tps_weights(grid_size: int, out_size: tuple[int, int]) -> torch.Tensor:
     """``(H·W, G²)`` matrix W such that the TPS grid is ``W @ source_control_points``.
 
     Solving the TPS system ``[[K, 1, P], [1ᵀ, 0, 0], [Pᵀ, 0, 0]]`` for the target control points P and
     evaluating the interpolant at the target coordinates gives a map that is linear in the source
-    control points; W is that map. Computed once per (grid_size, out_size) in float64, except that the
-    solver's control points are rounded to float32 and K is built in float32, as upstream's TPS grid
-    does (it casts its float64 control points with ``.float()``); float64 runs then reproduce upstream exactly.
+    control points; W is that map. Computed in float64, except that the solver's control points are
+    rounded to float32 and K is built in float32, as upstream's TPS grid does (it casts its float64
+    control points with ``.float()``); float64 runs then reproduce upstream exactly.
     """
     ctrl32 = tps_control_points(grid_size, torch.float64).float()  # float64 linspace, then rounded
     ctrl = ctrl32.double()
@@ -124,7 +131,14 @@ def _tps_weights_cpu64(grid_size: int, out_size: tuple[int, int]) -> torch.Tenso
 def tps_weights(grid_size: int, out_size: tuple[int, int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The ``(H·W, grid_size²)`` TPS interpolation matrix in ``dtype`` on ``device`` (cached: a training loop
     does not copy it to the device every step)."""
-    weights = _tps_weights_cpu64(int(grid_size), (int(out_size[0]), int(out_size[1])))
+    size = (int(out_size[0]), int(out_size[1]))
+    if torch.compiler.is_compiling():  # a constant of the compiled graph, solved while tracing
+        weights = _solve_tps_weights(int(grid_size), size)
+    else:
+        weights = _tps_weights_cpu64(int(grid_size), size)
+        fake_mode = detect_fake_mode()
+        if fake_mode is not None:  # a fake-tensor trace takes the real cached constant in as one of its own
+            weights = fake_mode.from_tensor(weights)
     return weights.to(device=device, dtype=dtype).contiguous()
 
 
