@@ -93,6 +93,25 @@ def _fused_warp(backend: str, x: torch.Tensor, theta: torch.Tensor, kind: str, o
                                           padding == "border")
 
 
+# The matrix warps: the transform matrix built from the raw head outputs, and the warp_theta kind it is.
+MATRICES = {"warp_position": (geometry.position_matrix, "affine"),
+            "warp_similarity": (geometry.similarity_matrix, "affine"),
+            "warp_affine": (geometry.affine_matrix, "affine"),
+            "warp_projective": (geometry.projective_matrix, "projective")}
+
+
+def _parametric_warp(op: str, x: torch.Tensor, params: torch.Tensor, n_params: int, out_size: tuple[int, int],
+                     padding: str, index: Optional[torch.Tensor], backend: Optional[str]) -> torch.Tensor:
+    """The body of the four matrix warps: checks, the backend, then the reference or the fused
+    ``warp_theta`` on the matrix that :data:`MATRICES` builds from the raw parameters."""
+    out_size = check_indexed_warp_inputs(x, params, n_params, out_size, padding, index)
+    name = select(op, backend, x.device, x.dtype)
+    if name == "torch":
+        return getattr(reference, op)(x, params, out_size, padding, index=index)
+    matrix, kind = MATRICES[op]
+    return _fused_warp(name, x, matrix(params).flatten(1), kind, out_size, padding, index)
+
+
 def _tps_params(params: object, grid_size: object) -> object:
     if not isinstance(grid_size, int) or isinstance(grid_size, bool) or grid_size < 2:
         raise ValueError(f"grid_size must be an int >= 2, got {grid_size!r}")
@@ -174,11 +193,7 @@ def warp_position(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, in
         >>> warp_position(torch.rand(2, 4, 8, 8), torch.zeros(2, 3), (16, 16)).shape
         torch.Size([2, 4, 16, 16])
     """
-    out_size = check_indexed_warp_inputs(x, params, 3, out_size, padding, index)
-    name = select("warp_position", backend, x.device, x.dtype)
-    if name == "torch":
-        return reference.warp_position(x, params, out_size, padding, index=index)
-    return _fused_warp(name, x, geometry.position_matrix(params).view(-1, 6), "affine", out_size, padding, index)
+    return _parametric_warp("warp_position", x, params, 3, out_size, padding, index, backend)
 
 
 def warp_similarity(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], padding: str = "zeros", *,
@@ -188,11 +203,7 @@ def warp_similarity(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, 
     Same convention, arguments and return as :func:`warp_position`, with ``params`` ``(N, 4)`` as
     ``(a, b, tx, ty)`` (zero parameters: the identity).
     """
-    out_size = check_indexed_warp_inputs(x, params, 4, out_size, padding, index)
-    name = select("warp_similarity", backend, x.device, x.dtype)
-    if name == "torch":
-        return reference.warp_similarity(x, params, out_size, padding, index=index)
-    return _fused_warp(name, x, geometry.similarity_matrix(params).view(-1, 6), "affine", out_size, padding, index)
+    return _parametric_warp("warp_similarity", x, params, 4, out_size, padding, index, backend)
 
 
 def warp_affine(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], padding: str = "zeros", *,
@@ -202,11 +213,7 @@ def warp_affine(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int]
     Same convention, arguments and return as :func:`warp_position`, with ``params`` ``(N, 6)`` holding the
     2×3 matrix row-major.
     """
-    out_size = check_indexed_warp_inputs(x, params, 6, out_size, padding, index)
-    name = select("warp_affine", backend, x.device, x.dtype)
-    if name == "torch":
-        return reference.warp_affine(x, params, out_size, padding, index=index)
-    return _fused_warp(name, x, geometry.affine_matrix(params).view(-1, 6), "affine", out_size, padding, index)
+    return _parametric_warp("warp_affine", x, params, 6, out_size, padding, index, backend)
 
 
 def warp_projective(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], padding: str = "zeros", *,
@@ -233,11 +240,7 @@ def warp_projective(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, 
         >>> warp_projective(torch.rand(1, 3, 5, 5), torch.zeros(1, 9), (5, 5)).shape
         torch.Size([1, 3, 5, 5])
     """
-    out_size = check_indexed_warp_inputs(x, params, 9, out_size, padding, index)
-    name = select("warp_projective", backend, x.device, x.dtype)
-    if name == "torch":
-        return reference.warp_projective(x, params, out_size, padding, index=index)
-    return _fused_warp(name, x, geometry.projective_matrix(params).view(-1, 9), "projective", out_size, padding, index)
+    return _parametric_warp("warp_projective", x, params, 9, out_size, padding, index, backend)
 
 
 def warp_tps(x: torch.Tensor, params: torch.Tensor, out_size: tuple[int, int], padding: str = "zeros",
