@@ -77,7 +77,6 @@ def value_checks_left_as_found():
 @pytest.fixture
 def deterministic_algorithms():
     """``torch.use_deterministic_algorithms(True)`` for one test (restored after)."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(before)
+    from dtifast.bench.compile import deterministic_algorithms as enabled
+    with enabled(True):
+        yield

@@ -20,7 +20,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dtifast.config import load_config
-from dtifast.model import build_model
+
+from small_models import ALL_CONFIGS, small_model
 
 aten = torch.ops.aten
 # aten ops whose result the host must read (a value, or an output size that depends on the data).
@@ -89,29 +90,11 @@ def test_the_counter_sees_reads_in_python_and_inside_custom_ops():
     assert any("Tensor.__int__" in r for r in reads)
 
 
-CONFIGS = ("tetro", "dsprites", "clevr6", "gtsrb8", "svhn", "horse", "instagram")
-
-
-def _small_model(name: str, backend: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The config's model at a small image size (the reads do not depend on it), every module active."""
-    cfg = load_config(name)
-    model_cfg = dict(cfg["model"], backend=backend)
-    multi = int(model_cfg.get("n_objects", 1)) > 1
-    size = (16, 16)
-    model_cfg["sprite_size"] = [8, 8] if multi else list(size)
-    C = 1 if name == "dsprites" and cfg["dataset"].get("n_channels") == 1 else 3
-    init = torch.rand(4, C, *size)  # dataset images for the "mean"/"sample" inits
-    model = build_model({"model": model_cfg}, size, C, init)
-    model.set_epoch(10_000)  # the end of the curriculum: every transformation module on
-    model.train()
-    return model, torch.rand(2, C, *size)
-
-
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", ALL_CONFIGS)
 @pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
 def test_model_forward_backward_reads_nothing_back(name, backend):
     torch.manual_seed(0)
-    model, x = _small_model(name, backend)
+    model, x = small_model(name, backend)
     model(x).loss.backward()  # a first step may set things up (caches); the next ones must not read
     model.zero_grad()
     with count_host_reads() as reads:
@@ -138,3 +121,25 @@ def test_trainer_steps_read_nothing_back_between_logging_points(tmp_path):
         assert reads == [], f"{len(reads)} host reads: {dict(collections.Counter(reads))}"
     finally:
         trainer.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_model_step_on_the_gpu_never_synchronises(name, backend, device):
+    """On a GPU the CUDA runtime checks too: ``set_sync_debug_mode("error")`` raises on a synchronising call."""
+    if device.type != "cuda":
+        pytest.skip("run with --device cuda on a GPU machine (the CPU counts reads in the tests above)")
+    torch.manual_seed(0)
+    model, x = small_model(name, backend)
+    model, x = model.to(device), x.to(device)
+    model(x).loss.backward()
+    model.zero_grad()
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = model(x)
+        out.loss.backward()
+        model.cluster_proportions(out)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

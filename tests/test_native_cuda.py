@@ -13,14 +13,15 @@ tests/test_ops_*.py run on every backend with ``--device cuda``:
 Run by the GPU script with ``--device cuda``; skipped on CPU-only machines and where the extension was
 built without CUDA. The kernels also compile with nvcc alone in tests/test_cuda_sources.py.
 """
-import contextlib
-
 import pytest
 import torch
 
 from dtifast import ops
+from dtifast.bench.compile import deterministic_algorithms
 from dtifast.ops import reference
 from dtifast.ops._checks import value_checks
+
+pytestmark = pytest.mark.gpu  # run by benchmarks/gpu_check.sh (-m "not slow"); left out of the CPU suite
 
 TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
 LAYER_COUNTS = (1, 2, 3, 5, 9, 16)  # every layer bound: 1 (2 for the render loss), 2, 4, 8, 16
@@ -34,17 +35,6 @@ def cuda(device):
     if not torch._C._dispatch_has_kernel_for_dispatch_key("dtifast::composite_layers", "CUDA"):
         pytest.skip("dtifast._C was built without its CUDA kernels")
     return device
-
-
-@contextlib.contextmanager
-def deterministic(enabled=True):
-    """torch.use_deterministic_algorithms(enabled) inside the block; the old setting comes back after."""
-    old = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(enabled)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(old)
 
 
 def _rand(*shape, device, dtype, seed):
@@ -256,7 +246,7 @@ def _render_case(device):
 @pytest.mark.parametrize("case", [_warp_case, _render_case], ids=["warp", "render_loss"])
 def test_deterministic_mode_gives_the_same_bits_and_the_reference(cuda, case):
     inputs, fn, ref = case(cuda)
-    with deterministic():
+    with deterministic_algorithms(True):
         first = _run(fn, inputs)
         second = _run(fn, inputs)
     _assert_same_bits([first[0], *first[1]], [second[0], *second[1]])
@@ -271,7 +261,7 @@ def test_parameter_gradients_are_deterministic_in_the_default_mode(cuda):
     render = _render_inputs(3, 8, 3, 48, 48, 16, 16, cuda, torch.float32)
     warp_inputs, warp, _ = _warp_case(cuda)
     fn = lambda *t: ops.composite_layers(*t, backend="cuda")  # noqa: E731
-    with deterministic(False):
+    with deterministic_algorithms(False):
         _assert_same_bits(_run(fn, composite)[1], _run(fn, composite)[1])  # every composite gradient
         first, second = _run(_render, render)[1], _run(_render, render)[1]
         _assert_same_bits([first[0], first[2], first[3], first[4], first[5]],  # all but the scattered sprites

@@ -11,10 +11,8 @@ import pytest
 import torch
 
 from dtifast import ops
-from dtifast.config import load_config
-from dtifast.model import build_model
 
-CONFIGS = ("tetro", "dsprites", "clevr6", "gtsrb8", "svhn", "horse", "instagram")
+from small_models import ALL_CONFIGS, small_model
 
 
 @pytest.fixture(autouse=True)
@@ -24,25 +22,14 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def _small_model(name: str, backend: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    cfg = load_config(name)
-    model_cfg = dict(cfg["model"], backend=backend)
-    multi = int(model_cfg.get("n_objects", 1)) > 1
-    size = (16, 16)
-    model_cfg["sprite_size"] = [8, 8] if multi else list(size)
-    model = build_model({"model": model_cfg}, size, 3, torch.rand(4, 3, *size))
-    model.set_epoch(10_000)  # every transformation module active
-    return model.train(), torch.rand(2, 3, *size)
-
-
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_model_forward_and_backward_compile_in_one_graph_on_the_cpp_backend(name):
-    model, x = _small_model(name, "cpu")
+    model, x = small_model(name, "cpu")
     noise = torch.rand(model.n_sprites, 1, *model.img_size)
     step = torch.compile(lambda images: model(images, noise).loss, fullgraph=True, backend="aot_eager")
     loss = step(x)
     loss.backward()
-    eager_model, _ = _small_model(name, "cpu")
+    eager_model, _ = small_model(name, "cpu")
     eager_model.load_state_dict(model.state_dict())
     torch.testing.assert_close(loss, eager_model(x, noise).loss)
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
