@@ -59,7 +59,7 @@ import torch
 from .ops import ALL_CONFIGS, OP_CASES, OpCase, Shapes, make_inputs, shapes_for
 
 __all__ = ["ARCH_LIMITS", "CI_OPS", "CheckOptions", "CheckResult", "CompileRecorder", "StandInDriver", "ArchResult",
-           "Variant", "prepare_process", "intercept_launches", "ptxas_stats", "occupancy", "run_check",
+           "Variant", "prepare_process", "intercept_launches", "ptxas_stats", "occupancy", "run_check", "jit_functions",
            "run_check_parallel", "find_recompiles", "write_markdown", "write_json", "fresh_process", "main"]
 
 log = logging.getLogger(__name__)
@@ -554,11 +554,11 @@ def plan(opts: CheckOptions) -> list[Job]:
     return jobs
 
 
-def run_op(case: OpCase, shapes: Shapes, dtype: torch.dtype) -> None:
-    """Call ``case.op`` with ``backend="triton"`` on CPU inputs, then its backward when it has one."""
+def run_op(case: OpCase, shapes: Shapes, dtype: torch.dtype, device: torch.device = CPU) -> None:
+    """Call ``case.op`` with ``backend="triton"`` on ``device`` inputs, then its backward when it has one."""
     from dtifast import ops
     mode = case.modes[-1]
-    args = make_inputs(case, shapes, CPU, mode, dtype=dtype)
+    args = make_inputs(case, shapes, device, mode, dtype=dtype)
     out = getattr(ops, case.op)(*args, backend="triton")
     if mode == "fwd+bwd":
         outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o.requires_grad]
@@ -600,20 +600,25 @@ def run_jobs(recorder: CompileRecorder, jobs: Sequence[Job], progress: bool = Tr
     return errors
 
 
-def kernels_defined() -> list[str]:
-    """Names of the kernels (``triton.jit`` functions named ``*_kernel``) in ``dtifast.kernels``."""
+def jit_functions() -> list[Any]:
+    """The kernels (``triton.jit`` functions named ``*_kernel``) defined in ``dtifast.kernels``."""
     import importlib
     import pkgutil
 
     import dtifast.kernels
     from triton.runtime.jit import JITFunction
 
-    names = set()
+    found = []
     for info in pkgutil.iter_modules(dtifast.kernels.__path__):
         module = importlib.import_module(f"dtifast.kernels.{info.name}")
-        names |= {v.__name__ for v in vars(module).values()
-                  if isinstance(v, JITFunction) and v.__name__.endswith("_kernel") and v.module == module.__name__}
-    return sorted(names)
+        found += [v for v in vars(module).values()
+                  if isinstance(v, JITFunction) and v.__name__.endswith("_kernel") and v.module == module.__name__]
+    return found
+
+
+def kernels_defined() -> list[str]:
+    """Names of the kernels of :func:`jit_functions`."""
+    return sorted({fn.__name__ for fn in jit_functions()})
 
 
 # ----------------------------------------------------------------------------------------------------
