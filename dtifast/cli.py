@@ -9,6 +9,7 @@ Subcommands::
     dtifast sweep-k CONFIG --k 10:25 --out DIR                 final loss against K, elbow marked
     dtifast data ...                                           generate / inspect datasets
     dtifast import-upstream MODEL_PKL --out RUN_DIR            the authors' checkpoints
+    dtifast decompose RUN_DIR INPUT --out DIR                  layers of new images (PNG/NPZ + JSON)
 
 Multi-GPU: ``torchrun --nproc_per_node=N -m dtifast.cli train CONFIG --out RUN_DIR`` (DDP, one process
 per GPU; ``training.batch_size`` is the global batch). Errors in the input (config, data, checkpoint)
@@ -96,8 +97,10 @@ def _build_parser() -> argparse.ArgumentParser:
     # Subcommands owned by other modules.
     from . import bench, compat
     from .data import cli as data_cli
+    from . import decomposition
     data_cli.add_parser(sub)
     compat.add_parser(sub)
+    decomposition.add_parser(sub)
     bench.add_parser(sub)
     return parser
 
