@@ -28,7 +28,8 @@ UPSTREAM_IMG_SIZES = {
     "tetrominoes": (35, 35), "dsprites_gray": (64, 64), "clevr6": (128, 128), "gtsrb8": (28, 28),
     "svhn": (32, 32), "weizmann_horse": (128, 128), "instagram": (128, 128),
 }
-_ENCODER_PREFIX = re.compile(r"^(?:(?:layer_transformer|bkg_transformer|sprite_transformers\.\d+)\.)?encoder\.encoder\.")
+_ENCODER_PREFIX = re.compile(
+    r"^(?:(?:layer_transformer|bkg_transformer|sprite_transformers\.\d+)\.)?encoder\.encoder\.")
 _SEQ = re.compile(r"^(layer_transformer|bkg_transformer|sprite_transformers\.(\d+))\.tsf_sequences\.(\d+)\.(.+)$")
 _REGRESSOR = re.compile(r"^tsf_modules\.(\d+)\.regressor\.(\d+)\.(weight|bias)$")
 _OCC = re.compile(r"^occ_predictor\.(\d+)\.(weight|bias)$")

@@ -80,3 +80,14 @@ def deterministic_algorithms():
     from dtifast.bench.compile import deterministic_algorithms as enabled
     with enabled(True):
         yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test (restored after). Under ``pytest -n 2`` two workers share 2 cores: more
+    than one torch thread each makes OpenMP spin-wait against the other worker, which slows training steps
+    tenfold."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -14,14 +14,7 @@ FAST = ["--set", "training.batch_size=4", "--set", "training.train_stat_interval
         "--no-progress", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Under `pytest -n 2` two workers share 2 cores: more than one torch thread each makes OpenMP
-    # spin-wait against the other worker, which slows these training steps tenfold.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

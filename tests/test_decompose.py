@@ -21,13 +21,7 @@ TOL = 1e-5  # float32 rounding of the composites
 PNG_TOL = 4 / 255  # 8-bit PNG layers composited again: a few quantisation steps
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two pytest workers share 2 cores: more torch threads each only spin against the other worker.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random_model(cfg, img_size, n_channels, seed, occlusion_scale=1.0):

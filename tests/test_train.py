@@ -21,14 +21,7 @@ N_IMAGES = 16
 BATCH = 4  # 4 batches per epoch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Under `pytest -n 2` two workers share 2 cores: more than one torch thread each makes OpenMP
-    # spin-wait against the other worker, which slows these training steps tenfold.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

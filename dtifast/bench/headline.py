@@ -10,7 +10,8 @@ Ratios are geometric means over the cases both sides ran (``x2.0``: twice as fas
 memory of a training step is set against the fake-tensor estimate of the same config, batch and backend.
 A step whose file is missing counts as failed (it did not finish).
 
-Usage: ``python -m dtifast.bench.headline OUT [--tests-exit N] [--config clevr6] [--batch 128]``; exits 1 unless everything passed.
+Usage: ``python -m dtifast.bench.headline OUT [--tests-exit N] [--config clevr6] [--batch 128]``; exits 1
+unless everything passed.
 """
 from __future__ import annotations
 

@@ -174,7 +174,8 @@ def write_markdown(path: pathlib.Path, rows: Sequence[dict[str, Any]], meta: dic
              f"Command: `{meta['command']}` ({meta['date']}, {meta['seconds']:.0f} s).  ",
              f"Settings: median of at least {meta['repeats']} timed calls after warm-up, and of more until "
              f"{meta['min_time_s']['ops']:g} s (ops) / {meta['min_time_s']['train']:g} s (training steps) are spent; "
-             f"value checks (NaN/inf inputs, index range) {'on' if machine.get('value_checks') else 'off'}; float32.", ""]
+             f"value checks (NaN/inf inputs, index range) {'on' if machine.get('value_checks') else 'off'}; "
+             "float32.", ""]
     providers = meta["op_providers"]
     lines += (_ops_tables(rows, providers) + _train_table(rows) + _max_batch_table(rows)
               + _memory_estimate_table(rows))

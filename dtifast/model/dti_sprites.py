@@ -107,9 +107,10 @@ class DTISprites(nn.Module):
 
         # Sprites, masks, backgrounds.
         std = cfg.get("gaussian_weights_std")
-        self.prototype_params = nn.Parameter(sprite_init.init_images(n_real, cfg.get("proto_init", "constant"), C, self.sprite_size,
-                                                         SPRITE_VALUE, std, init_images))
-        self.mask_params = nn.Parameter(sprite_init.init_masks(n_real, cfg.get("mask_init", "constant"), self.sprite_size, std))
+        self.prototype_params = nn.Parameter(sprite_init.init_images(
+            n_real, cfg.get("proto_init", "constant"), C, self.sprite_size, SPRITE_VALUE, std, init_images))
+        self.mask_params = nn.Parameter(sprite_init.init_masks(
+            n_real, cfg.get("mask_init", "constant"), self.sprite_size, std))
         if M > 0:
             self.bkg_params = nn.Parameter(sprite_init.init_images(M, cfg.get("bkg_init", "constant"), C, self.img_size,
                                                        BACKGROUND_VALUE, std, init_images))

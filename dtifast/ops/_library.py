@@ -59,7 +59,8 @@ def register_autograd(name: str, *, forward_fake: Callable, n_diff: int, with_ne
     backward = getattr(torch.ops.dtifast, backward_name)
     as_list = str(backward.default._schema.returns[0].type) == "List[Tensor]"  # `-> Tensor[]` (vs a tuple)
     torch.library.register_fake(f"dtifast::{name}")(forward_fake)
-    torch.library.register_fake(f"dtifast::{backward_name}")(backward_fake or _backward_fake(n_diff, with_needs, as_list))
+    fake = backward_fake or _backward_fake(n_diff, with_needs, as_list)
+    torch.library.register_fake(f"dtifast::{backward_name}")(fake)
 
     def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
         # save_for_backward takes tensors (or None); ints, floats and bools ride on ctx.

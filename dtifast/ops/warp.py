@@ -66,7 +66,8 @@ def _warp_fake(x, theta, basis, index, mode, out_h, out_w, border):
 
 
 torch.library.custom_op("dtifast::warp_theta_triton", mutates_args=())(_warp_theta_triton)
-torch.library.custom_op(f"dtifast::{backward_op_name('warp_theta_triton')}", mutates_args=())(_warp_theta_backward_triton)
+torch.library.custom_op(f"dtifast::{backward_op_name('warp_theta_triton')}",
+                        mutates_args=())(_warp_theta_backward_triton)
 # The Triton launchers are their own fake kernels (they allocate their workspace, launch nothing on fakes).
 register_autograd("warp_theta_triton", forward_fake=_warp_theta_triton, n_diff=2,
                   backward_fake=_warp_theta_backward_triton)
