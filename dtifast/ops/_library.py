@@ -79,6 +79,18 @@ def register_autograd(name: str, *, forward_fake: Callable, n_diff: int, with_ne
     torch.library.register_autograd(f"dtifast::{name}", grad_fn, setup_context=setup_context)
 
 
+def define_triton_op(name: str, forward: Callable, backward: Callable, n_diff: int, with_needs: bool = True) -> None:
+    """Define ``dtifast::<name>_triton`` and its backward from the Triton launchers, with autograd.
+
+    The launchers are their own fake kernels: they allocate their outputs and workspace and launch nothing
+    on fake tensors (``kernels/sampling.py`` ``launch``), so the fake trace counts the same buffers.
+    """
+    triton_name = f"{name}_triton"
+    torch.library.custom_op(f"dtifast::{triton_name}", mutates_args=())(forward)
+    torch.library.custom_op(f"dtifast::{backward_op_name(triton_name)}", mutates_args=())(backward)
+    register_autograd(triton_name, forward_fake=forward, n_diff=n_diff, with_needs=with_needs, backward_fake=backward)
+
+
 def backward_op_name(name: str) -> str:
     """``warp_theta`` → ``warp_theta_backward``; ``warp_theta_triton`` → ``warp_theta_backward_triton``."""
     stem, triton = (name[: -len("_triton")], "_triton") if name.endswith("_triton") else (name, "")

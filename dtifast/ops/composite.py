@@ -21,7 +21,7 @@ import torch
 from . import reference
 from ._backend import OpSpec, native_error, register, select
 from ._checks import check_candidate_inputs, check_composite_inputs, check_max_layers
-from ._library import fused_op, register_autograd
+from ._library import define_triton_op, fused_op, register_autograd
 
 __all__ = ["composite_layers", "composite_candidates"]
 
@@ -46,11 +46,7 @@ def _composite_fake(layers, masks, occlusion, background):
     return layers.new_empty(layers.shape[1:])
 
 
-torch.library.custom_op("dtifast::composite_layers_triton", mutates_args=())(_composite_triton)
-torch.library.custom_op("dtifast::composite_layers_backward_triton", mutates_args=())(_composite_backward_triton)
-# The Triton launchers are their own fake kernels (they allocate their workspace, launch nothing on fakes).
-register_autograd("composite_layers_triton", forward_fake=_composite_triton, n_diff=4,
-                  backward_fake=_composite_backward_triton)
+define_triton_op("composite_layers", _composite_triton, _composite_backward_triton, n_diff=4)
 if native_error() is None:
     register_autograd("composite_layers", forward_fake=_composite_fake, n_diff=4)
 

@@ -17,7 +17,7 @@ import torch
 from . import reference
 from ._backend import OpSpec, native_error, register, select
 from ._checks import check_color_inputs, check_tensor
-from ._library import fused_op, register_autograd
+from ._library import define_triton_op, fused_op, register_autograd
 
 __all__ = ["softclip", "color_transform"]
 
@@ -48,14 +48,8 @@ def _like_x(x: torch.Tensor, *args: object) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
-for _name, _impl in (("softclip_triton", _softclip_triton), ("softclip_backward_triton", _softclip_backward_triton),
-                     ("color_transform_triton", _color_triton),
-                     ("color_transform_backward_triton", _color_backward_triton)):
-    torch.library.custom_op(f"dtifast::{_name}", mutates_args=())(_impl)
-# The Triton launchers are their own fake kernels (they allocate their workspace, launch nothing on fakes).
-register_autograd("softclip_triton", forward_fake=_softclip_triton, n_diff=1, with_needs=False,
-                  backward_fake=_softclip_backward_triton)
-register_autograd("color_transform_triton", forward_fake=_color_triton, n_diff=2, backward_fake=_color_backward_triton)
+define_triton_op("softclip", _softclip_triton, _softclip_backward_triton, n_diff=1, with_needs=False)
+define_triton_op("color_transform", _color_triton, _color_backward_triton, n_diff=2)
 if native_error() is None:
     register_autograd("softclip", forward_fake=_like_x, n_diff=1, with_needs=False)
     register_autograd("color_transform", forward_fake=_like_x, n_diff=2)

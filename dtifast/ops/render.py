@@ -28,7 +28,7 @@ import torch
 from . import geometry, reference
 from ._backend import OpSpec, native_error, register, select
 from ._checks import check_max_layers, check_place_inputs, check_sprite_space_inputs
-from ._library import fused_op, register_autograd
+from ._library import define_triton_op, fused_op, register_autograd
 from .pointwise import softclip
 from .warp import warp_position
 
@@ -58,11 +58,7 @@ def _render_loss_fake(x, sprites, theta, occlusion, background, noise, basis):
     return x.new_empty(())
 
 
-torch.library.custom_op("dtifast::render_loss_triton", mutates_args=())(_render_loss_triton)
-torch.library.custom_op("dtifast::render_loss_backward_triton", mutates_args=())(_render_loss_backward_triton)
-# The Triton launchers are their own fake kernels (they allocate their workspace, launch nothing on fakes).
-register_autograd("render_loss_triton", forward_fake=_render_loss_triton, n_diff=6,
-                  backward_fake=_render_loss_backward_triton)
+define_triton_op("render_loss", _render_loss_triton, _render_loss_backward_triton, n_diff=6)
 if native_error() is None:
     register_autograd("render_loss", forward_fake=_render_loss_fake, n_diff=6)
 

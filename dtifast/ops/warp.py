@@ -31,7 +31,7 @@ import torch
 from . import geometry, reference
 from ._backend import OpSpec, native_error, register, select
 from ._checks import check_indexed_warp_inputs, check_tensor
-from ._library import backward_op_name, fused_op, register_autograd
+from ._library import define_triton_op, fused_op, register_autograd
 
 __all__ = ["warp_theta", "warp_position", "warp_similarity", "warp_affine", "warp_projective", "warp_tps",
            "WARP_KINDS"]
@@ -65,12 +65,7 @@ def _warp_fake(x, theta, basis, index, mode, out_h, out_w, border):
     return x.new_empty(theta.shape[0], x.shape[1], out_h, out_w)
 
 
-torch.library.custom_op("dtifast::warp_theta_triton", mutates_args=())(_warp_theta_triton)
-torch.library.custom_op(f"dtifast::{backward_op_name('warp_theta_triton')}",
-                        mutates_args=())(_warp_theta_backward_triton)
-# The Triton launchers are their own fake kernels (they allocate their workspace, launch nothing on fakes).
-register_autograd("warp_theta_triton", forward_fake=_warp_theta_triton, n_diff=2,
-                  backward_fake=_warp_theta_backward_triton)
+define_triton_op("warp_theta", _warp_theta_triton, _warp_theta_backward_triton, n_diff=2)
 if native_error() is None:
     register_autograd("warp_theta", forward_fake=_warp_fake, n_diff=2)
 
