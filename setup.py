@@ -1,7 +1,8 @@
 """Build script for dtifast.
 
-The C++ CPU kernels in ``csrc/*.cpp`` are always compiled into ``dtifast._C``. The CUDA kernels in
-``csrc/cuda/`` are added when the installed torch was built with CUDA and ``nvcc`` is found.
+The C++ CPU kernels in ``csrc/*.cpp`` and ``csrc/x86/*.cpp`` (vector builds per instruction set) are always
+compiled into ``dtifast._C``. The CUDA kernels in ``csrc/cuda/`` are added when the installed torch was built
+with CUDA and ``nvcc`` is found.
 
 Knobs (environment variables):
     DTIFAST_SKIP_CUDA_BUILD=1   never build the CUDA kernels.
@@ -62,27 +63,36 @@ def _want_cuda() -> bool:
 
 def _extensions():
     cpu_sources = sorted(glob.glob("csrc/*.cpp"))
+    # The vector kernels built per instruction set (target pragmas). The linker keeps the first copy of an
+    # inline function that several objects emit, and a copy compiled for AVX2 must never be the one that
+    # baseline code calls: they must come last in the link, and setuptools links in sorted path order.
+    simd_sources = sorted(glob.glob("csrc/x86/*.cpp"))
     # The headers hold most of the kernel math: a changed header must rebuild the sources (setuptools
     # otherwise only compares each .cpp with its object file).
     headers = sorted(glob.glob("csrc/*.h") + glob.glob("csrc/cuda/*.h") + glob.glob("csrc/cuda/*.cuh"))
     # at::parallel_for is an inline OpenMP loop in ATen's headers: without -fopenmp here it compiles to a
     # serial loop. The extension then resolves libgomp.so.1 to the copy torch has already loaded.
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # No contraction of a * b + c into fused multiply-adds: GCC contracts C++ by default wherever the target
+    # has FMA, which the vector builds (csrc/x86/) do, and one rounding less moves sampling coordinates
+    # by an ulp against the baseline build and ATen (csrc/sampling.h source_index).
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off"]
     link_flags = ["-fopenmp"]
+    assert sorted(cpu_sources + simd_sources + glob.glob("csrc/cuda/*"))[-len(simd_sources):] == simd_sources, \
+        "csrc/x86/ must sort after every other source (see above)"
     if _want_cuda():
         nvcc_flags = list(NVCC_FLAGS) + cuda_arch_flags(os.environ.get("DTIFAST_CUDA_ARCHS") or DEFAULT_CUDA_ARCHS)
         cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
         return [
             CUDAExtension(
                 "dtifast._C",
-                cpu_sources + cuda_sources,
+                cpu_sources + cuda_sources + simd_sources,
                 define_macros=[("DTIFAST_WITH_CUDA", None)],
                 extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
                 extra_link_args=link_flags,
                 depends=headers,
             )
         ]
-    return [CppExtension("dtifast._C", cpu_sources, extra_compile_args={"cxx": cxx_flags},
+    return [CppExtension("dtifast._C", cpu_sources + simd_sources, extra_compile_args={"cxx": cxx_flags},
                          extra_link_args=link_flags, depends=headers)]
 
 

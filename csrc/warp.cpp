@@ -11,21 +11,91 @@
 // The forward parallelises over output rows; the backward over input images, each input's gradient (and
 // the theta gradients of its outputs) summed by one thread in output and pixel order, so results do not
 // depend on the thread count.
+// The per-pixel kernels below are the scalar reference; on CPUs with AVX2 or AVX-512 the vector kernels of
+// warp_simd.h run instead (cpu_capability.h), with the same coordinates and summation order.
 #include <torch/library.h>
 
 #include "checks.h"
-#include "sampling.h"
+#include "cpu_capability.h"
+#include "warp_kernel.h"
 
 namespace dtifast {
 namespace {
 
 int64_t theta_size(const at::Tensor& theta) { return theta.numel() / std::max<int64_t>(theta.size(0), 1); }
 
-// Output n's input image: index[n], or n without an index.
-struct InputOf {
-  const int64_t* index;
-  int64_t operator()(int64_t n) const { return index ? index[n] : n; }
-};
+template <typename T>
+void scalar_forward_rows(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
+  const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / a.out_h, i = row % a.out_h;
+    const T* img = a.x + a.input_of(n) * a.C * hw;
+    for (int64_t j = 0; j < a.out_w; ++j) {
+      T gx, gy;
+      grid_point<T>(a.mode, a.theta + n * a.P, a.basis, a.g2, i, j, a.out_w, gx, gy);
+      const Bilinear<T> b = bilinear_taps<T>(gx, gy, a.h, a.w, a.border);
+      T* o = out + (n * a.C * a.out_h + i) * a.out_w + j;
+      for (int64_t c = 0; c < a.C; ++c) o[c * HW] = bilinear_read(b, img + c * hw);
+    }
+  }
+}
+
+template <typename T>
+void scalar_backward_image(const WarpArgs<T>& a, const T* grad, int64_t n, T* dx_image, T* dtheta_n) {
+  const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
+  const T* theta = a.theta + n * a.P;
+  const T* img = a.x + a.input_of(n) * a.C * hw;
+  const T* g = grad + n * a.C * HW;
+  for (int64_t i = 0; i < a.out_h; ++i) {
+    for (int64_t j = 0; j < a.out_w; ++j) {
+      T gx, gy;
+      grid_point<T>(a.mode, theta, a.basis, a.g2, i, j, a.out_w, gx, gy);
+      const Bilinear<T> b = bilinear_taps<T>(gx, gy, a.h, a.w, a.border);
+      T gix = 0, giy = 0;
+      for (int64_t c = 0; c < a.C; ++c) {
+        bilinear_backward<T>(b, img + c * hw, g[c * HW + i * a.out_w + j], dx_image ? dx_image + c * hw : nullptr,
+                             gix, giy);
+      }
+      if (dtheta_n) {
+        grid_point_backward<T>(a.mode, theta, a.basis, a.g2, i, j, a.out_w, gix * b.dx_mult, giy * b.dy_mult,
+                               dtheta_n);
+      }
+    }
+  }
+}
+
+// The vector kernels address taps by y * w + x computed in T (warp_simd.h vec_taps), exact below 2^24 in
+// float; larger planes take the scalar path.
+template <typename T>
+bool vector_fits(const WarpArgs<T>& a) {
+  const double limit = sizeof(T) == 4 ? 16777216.0 : 4503599627370496.0;
+  return static_cast<double>(a.h + 2) * static_cast<double>(a.w + 2) < limit;
+}
+
+template <typename T>
+WarpKernels<T> kernels_for(const WarpArgs<T>& a) {
+#if DTIFAST_X86_SIMD
+  if (vector_fits(a)) {
+    switch (cpu_capability()) {
+      case CpuCapability::kAvx512:
+        return warp_kernels_avx512<T>();
+      case CpuCapability::kAvx2:
+        return warp_kernels_avx2<T>();
+      case CpuCapability::kScalar:
+        break;
+    }
+  }
+#endif
+  return {&scalar_forward_rows<T>, &scalar_backward_image<T>};
+}
+
+template <typename T>
+WarpArgs<T> warp_args(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& basis, const int64_t* index,
+                      int64_t mode, int64_t out_h, int64_t out_w, bool border) {
+  return {x.const_data_ptr<T>(), theta.const_data_ptr<T>(), basis.const_data_ptr<T>(), index,
+          static_cast<int>(mode), border, x.size(1), x.size(2), x.size(3), out_h, out_w, theta_size(theta),
+          mode == kTps ? theta.size(1) : 0};
+}
 
 at::Tensor warp_cpu(const at::Tensor& x_in, const at::Tensor& theta_in, const at::Tensor& basis_in,
                     const std::optional<at::Tensor>& index_in, int64_t mode, int64_t out_h, int64_t out_w,
@@ -33,29 +103,16 @@ at::Tensor warp_cpu(const at::Tensor& x_in, const at::Tensor& theta_in, const at
   check_warp(x_in, theta_in, basis_in, index_in, mode, out_h, out_w, at::kCPU);
   const at::Tensor x = x_in.contiguous(), theta = theta_in.contiguous(), basis = basis_in.contiguous();
   at::Tensor index_holder;
-  const InputOf input_of{optional_ptr<int64_t>(index_in, index_holder)};
-  const int64_t N = theta.size(0), C = x.size(1), h = x.size(2), w = x.size(3), P = theta_size(theta);
-  const int64_t g2 = mode == kTps ? theta.size(1) : 0;
+  const int64_t* index = optional_ptr<int64_t>(index_in, index_holder);
+  const int64_t N = theta.size(0), C = x.size(1);
   at::Tensor out = at::empty({N, C, out_h, out_w}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "warp_cpu", [&] {
-    const scalar_t* src = x.const_data_ptr<scalar_t>();
-    const scalar_t* th = theta.const_data_ptr<scalar_t>();
-    const scalar_t* bas = basis.const_data_ptr<scalar_t>();
+    const WarpArgs<scalar_t> a = warp_args<scalar_t>(x, theta, basis, index, mode, out_h, out_w, border);
+    const WarpKernels<scalar_t> kernels = kernels_for(a);
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(out_w * C, 1));
-    at::parallel_for(0, N * out_h, grain, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t n = row / out_h, i = row % out_h;
-        const scalar_t* img = src + input_of(n) * C * h * w;
-        for (int64_t j = 0; j < out_w; ++j) {
-          scalar_t gx, gy;
-          grid_point<scalar_t>(mode, th + n * P, bas, g2, i, j, out_w, gx, gy);
-          const Bilinear<scalar_t> b = bilinear_taps<scalar_t>(gx, gy, h, w, border);
-          scalar_t* o = dst + (n * C * out_h + i) * out_w + j;
-          for (int64_t c = 0; c < C; ++c) o[c * out_h * out_w] = bilinear_read(b, img + c * h * w);
-        }
-      }
-    });
+    at::parallel_for(0, N * out_h, grain,
+                     [&](int64_t begin, int64_t end) { kernels.forward_rows(a, dst, begin, end); });
   });
   return out;
 }
@@ -71,8 +128,7 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_in, 
   check_sizes(grad_in, "grad", {theta_in.size(0), x_in.size(1), out_h, out_w});
   const at::Tensor x = x_in.contiguous(), theta = theta_in.contiguous(), basis = basis_in.contiguous(),
                    grad = grad_in.contiguous();
-  const int64_t K = x.size(0), N = theta.size(0), C = x.size(1), h = x.size(2), w = x.size(3), P = theta_size(theta);
-  const int64_t g2 = mode == kTps ? theta.size(1) : 0;
+  const int64_t K = x.size(0), N = theta.size(0), image = x.numel() / std::max<int64_t>(K, 1);
   // Outputs grouped by input image, in output order (a stable counting sort): one thread owns an input
   // and sums every gradient into it in that order, so there are no races and no dependence on threads.
   std::vector<int64_t> first(K + 1, 0), order(N);
@@ -84,37 +140,22 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_in, 
     std::vector<int64_t> fill(first.begin(), first.end() - 1);
     for (int64_t n = 0; n < N; ++n) order[fill[index ? index[n] : n]++] = n;
   }
-  // A custom op returns tensors only: an empty tensor stands for a gradient that was not requested.
-  at::Tensor dx = need_x ? at::zeros_like(x) : at::empty({0}, x.options());
+  // A custom op returns tensors only: an empty tensor stands for a gradient that was not requested. dx is
+  // zeroed image by image by the thread that owns the image, just before it sums into it (in cache).
+  at::Tensor dx = need_x ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor dtheta = need_theta ? at::zeros_like(theta) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "warp_backward_cpu", [&] {
-    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    const WarpArgs<scalar_t> a = warp_args<scalar_t>(x, theta, basis, index, mode, out_h, out_w, border);
+    const WarpKernels<scalar_t> kernels = kernels_for(a);
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    const scalar_t* th = theta.const_data_ptr<scalar_t>();
-    const scalar_t* bas = basis.const_data_ptr<scalar_t>();
     scalar_t* dsrc = need_x ? dx.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* dth = need_theta ? dtheta.mutable_data_ptr<scalar_t>() : nullptr;
-    const int64_t HW = out_h * out_w, hw = h * w;
     at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t q = first[begin]; q < first[end]; ++q) {
-        const int64_t n = order[q], k = index ? index[n] : n;
-        const scalar_t* img = src + k * C * hw;
-        const scalar_t* gimg = g + n * C * HW;
-        for (int64_t i = 0; i < out_h; ++i) {
-          for (int64_t j = 0; j < out_w; ++j) {
-            scalar_t gx, gy;
-            grid_point<scalar_t>(mode, th + n * P, bas, g2, i, j, out_w, gx, gy);
-            const Bilinear<scalar_t> b = bilinear_taps<scalar_t>(gx, gy, h, w, border);
-            scalar_t gix = 0, giy = 0;
-            for (int64_t c = 0; c < C; ++c) {
-              bilinear_backward<scalar_t>(b, img + c * hw, gimg[c * HW + i * out_w + j],
-                                          dsrc ? dsrc + (k * C + c) * hw : nullptr, gix, giy);
-            }
-            if (dth) {
-              grid_point_backward<scalar_t>(mode, th + n * P, bas, g2, i, j, out_w, gix * b.dx_mult,
-                                            giy * b.dy_mult, dth + n * P);
-            }
-          }
+      for (int64_t k = begin; k < end; ++k) {
+        scalar_t* dx_image = dsrc ? dsrc + k * image : nullptr;
+        if (dx_image) std::fill(dx_image, dx_image + image, scalar_t(0));
+        for (int64_t q = first[k]; q < first[k + 1]; ++q) {
+          kernels.backward_image(a, g, order[q], dx_image, dth ? dth + order[q] * a.P : nullptr);
         }
       }
     });

@@ -1,0 +1,330 @@
+// Vector CPU warp kernels on ATen's at::vec::Vectorized: Vec<T>::size() output pixels of a row at a time.
+//
+// Included only by the per-instruction-set files (csrc/x86/warp_avx2.cpp, warp_avx512.cpp), which define
+// CPU_CAPABILITY first: Vectorized then has that width, and everything here lives in the inline namespace
+// dtifast::<CPU_CAPABILITY>, so the builds do not collide.
+// Per chunk of an output row the source coordinates come from sampling.h's scalar math (grid_point,
+// source_index, via warp_kernel.h) as in the scalar path, except the TPS grid, whose sums over
+// the control points run a vector of pixels at a time in the same order. The vector part proper is the
+// bilinear sampling: floor, weights, tap masks and offsets, masked gathers, and in the backward the
+// coordinate gradient. The transform gradient is summed over the pixels in order (grid_point_backward; TPS
+// a vector of control points at a time) and the input gradient scattered lane by lane in pixel order, so
+// results keep the scalar path's summation order (and the backward stays deterministic: one thread owns
+// each input image).
+#pragma once
+
+#ifndef CPU_CAPABILITY
+#error "define CPU_CAPABILITY (and CPU_CAPABILITY_<ISA>) before including warp_simd.h"
+#endif
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+
+#include "warp_kernel.h"
+
+namespace dtifast {
+inline namespace CPU_CAPABILITY {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+template <typename T>
+using IndexOf = at::vec::int_same_size_t<T>;
+
+// Output pixels whose source coordinates are computed together (stack buffers); a multiple of every width.
+constexpr int64_t kChunk = 64;
+
+// The four taps (nw, ne, sw, se) of Vec<T>::size() bilinear samples: sampling.h's Bilinear, a lane per pixel.
+template <typename T>
+struct VecTaps {
+  static constexpr int kLanes = Vec<T>::size();
+  Vec<T> wx0, wx1, wy0, wy1;              // ix - x0, x0 + 1 - ix, iy - y0, y0 + 1 - iy
+  Vec<T> weight[4];                       // zero where the tap is invalid
+  Vec<T> valid[4];                        // all-ones lanes where the tap is inside the input
+  Vec<T> any_valid;                       // lanes with at least one valid tap
+  Vec<IndexOf<T>> offset[4];              // y * w + x, only meaningful where valid
+  alignas(64) IndexOf<T> lane_offset[4][kLanes];  // the same per lane, for the scatter
+  int valid_bits[4];                      // valid as bit masks: lane l is bit l
+
+  // User-provided: an implicit constructor would be compiled without this file's target pragma, and
+  // then could not inline Vectorized's (it would be an out-of-line call per block).
+  VecTaps() {}
+};
+
+// Taps of the samples at (ix, iy) of an (h, w) plane; lanes from `count` on are no pixels (all taps
+// invalid, so the scatter skips them). Same arithmetic as bilinear_taps: floor is exact, and the tap tests
+// compare the floored coordinates as floats, which also covers coordinates too far out for an integer
+// conversion (the offsets of such lanes are garbage, but never read).
+template <typename T>
+VecTaps<T> vec_taps(const Vec<T>& ix, const Vec<T>& iy, int64_t h, int64_t w, int64_t count) {
+  using V = Vec<T>;
+  VecTaps<T> b;
+  const V zero(T(0)), one(T(1)), width(static_cast<T>(w)), height(static_cast<T>(h));
+  const V x0 = ix.floor(), y0 = iy.floor();
+  const V x1 = x0 + one, y1 = y0 + one;
+  b.wx1 = x1 - ix;
+  b.wx0 = ix - x0;
+  b.wy1 = y1 - iy;
+  b.wy0 = iy - y0;
+  const V lanes = V::arange(T(0), T(1)) < V(static_cast<T>(count));
+  const V in_x0 = (x0 >= zero) & (x0 < width), in_x1 = (x1 >= zero) & (x1 < width);
+  const V in_y0 = lanes & (y0 >= zero) & (y0 < height), in_y1 = lanes & (y1 >= zero) & (y1 < height);
+  b.valid[0] = in_x0 & in_y0;
+  b.valid[1] = in_x1 & in_y0;
+  b.valid[2] = in_x0 & in_y1;
+  b.valid[3] = in_x1 & in_y1;
+  b.any_valid = b.valid[0] | b.valid[1] | b.valid[2] | b.valid[3];
+  b.weight[0] = b.wx1 * b.wy1;
+  b.weight[1] = b.wx0 * b.wy1;
+  b.weight[2] = b.wx1 * b.wy0;
+  b.weight[3] = b.wx0 * b.wy0;
+  // y0 * w + x0 is exact in T for the planes the dispatch lets through (warp.cpp vector_fits).
+  const Vec<IndexOf<T>> nw = at::vec::convert_to_int_of_same_size<T>(y0 * width + x0);
+  b.offset[0] = nw;
+  b.offset[1] = nw + Vec<IndexOf<T>>(1);
+  b.offset[2] = nw + Vec<IndexOf<T>>(static_cast<IndexOf<T>>(w));
+  b.offset[3] = b.offset[2] + Vec<IndexOf<T>>(1);
+  const int all_lanes = (1 << VecTaps<T>::kLanes) - 1;
+  for (int t = 0; t < 4; ++t) {
+    // Zeroed weights keep far-out (even non-finite) coordinates from turning 0 * weight into NaN.
+    b.weight[t] = b.weight[t] & b.valid[t];
+    b.valid_bits[t] = ~b.valid[t].zero_mask() & all_lanes;
+    b.offset[t].store(b.lane_offset[t]);
+  }
+  return b;
+}
+
+// base[index] in the lanes of `mask` (all-ones lanes; `bits` the same as lane bits), zero elsewhere.
+template <typename T>
+Vec<T> masked_gather(const T* base, const Vec<IndexOf<T>>& index, const Vec<T>& mask, int bits) {
+#if defined(CPU_CAPABILITY_AVX512)
+  // ATen's 512-bit mask_gather turns its mask into lane bits with an ordered compare against all-ones, a
+  // NaN pattern, which never holds (it gathers nothing): pass the lane bits directly.
+  (void)mask;
+  if constexpr (sizeof(T) == 4) {
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), bits, index, base, 4);
+  } else {
+    return _mm512_mask_i64gather_pd(_mm512_setzero_pd(), bits, index, base, 8);
+  }
+#else
+  (void)bits;
+  Vec<T> m = mask;
+  return at::vec::mask_gather<sizeof(T)>(Vec<T>(T(0)), base, index, m);
+#endif
+}
+
+// Tap t's values in plane, zero where invalid.
+template <typename T>
+Vec<T> gather_tap(const VecTaps<T>& b, int t, const T* plane) {
+  return masked_gather<T>(plane, b.offset[t], b.valid[t], b.valid_bits[t]);
+}
+
+template <typename T>
+void gather_taps(const VecTaps<T>& b, const T* plane, Vec<T> (&v)[4]) {
+  for (int t = 0; t < 4; ++t) v[t] = gather_tap(b, t, plane);
+}
+
+// bilinear_read for every lane, in its summation order.
+template <typename T>
+Vec<T> vec_read(const VecTaps<T>& b, const T* plane) {
+  Vec<T> v[4];
+  gather_taps(b, plane, v);
+  return b.weight[0] * v[0] + b.weight[1] * v[1] + b.weight[2] * v[2] + b.weight[3] * v[3];
+}
+
+// The coordinate half of bilinear_backward: adds channel gradient g's share into (gix, giy).
+template <typename T>
+void vec_coordinate_grad(const VecTaps<T>& b, const T* plane, const Vec<T>& g, Vec<T>& gix, Vec<T>& giy) {
+  Vec<T> v[4];
+  gather_taps(b, plane, v);
+  gix = gix + g * ((v[1] - v[0]) * b.wy1 + (v[3] - v[2]) * b.wy0);
+  giy = giy + g * ((v[2] - v[0]) * b.wx1 + (v[3] - v[1]) * b.wx0);
+}
+
+// Channels whose input gradients are scattered together (stack buffer).
+constexpr int64_t kScatterChannels = 8;
+
+// The input half of bilinear_backward for channels [c0, c0 + gw's count): gw[c][t] holds the channel's
+// gradient times tap t's weight. Scattered lane by lane (pixel order), each lane's channels and taps in turn,
+// as scatter_taps: lanes may share taps, so no vector scatter, and neighbouring pixels' updates of one
+// input pixel would form a chain of dependent additions that the other channels' updates now fill.
+template <typename T>
+void vec_scatter(const VecTaps<T>& b, const T (*gw)[4][VecTaps<T>::kLanes], int64_t channels, int64_t hw,
+                 T* dimage) {
+  constexpr int L = VecTaps<T>::kLanes;
+  if ((b.valid_bits[0] & b.valid_bits[1] & b.valid_bits[2] & b.valid_bits[3]) == (1 << L) - 1) {
+    // Every tap of every lane inside (the common case): no tests. The taps are addressed through their
+    // offsets, not as nw + 1 etc.: the compiler would pair the neighbouring taps into 8-byte updates, which
+    // overlap the previous lane's by half and so defeat the processor's store-to-load forwarding.
+    for (int l = 0; l < L; ++l) {
+      for (int64_t c = 0; c < channels; ++c) {
+        T* d = dimage + c * hw;
+        for (int t = 0; t < 4; ++t) d[b.lane_offset[t][l]] += gw[c][t][l];
+      }
+    }
+    return;
+  }
+  for (int l = 0; l < L; ++l) {
+    for (int64_t c = 0; c < channels; ++c) {
+      for (int t = 0; t < 4; ++t) {
+        if ((b.valid_bits[t] >> l) & 1) dimage[c * hw + b.lane_offset[t][l]] += gw[c][t][l];
+      }
+    }
+  }
+}
+
+// Stack buffers of one chunk of an output row.
+template <typename T>
+struct RowChunk {
+  alignas(64) T ix[kChunk], iy[kChunk], dx_mult[kChunk], dy_mult[kChunk];
+  alignas(64) T gix[kChunk], giy[kChunk];  // backward: coordinate gradients
+};
+
+// TPS grid points of a chunk of row i into (gx, gy): grid_point's sums over the control points, in its
+// order, for Vec<T>::size() pixels at a time, their basis rows (g2 apart) gathered lane by lane.
+template <typename T>
+void vec_tps_grid(const WarpArgs<T>& a, const T* theta, int64_t i, int64_t j0, int64_t count, T* gx, T* gy) {
+  constexpr int L = Vec<T>::size();
+  alignas(64) IndexOf<T> rows[L];
+  for (int l = 0; l < L; ++l) rows[l] = static_cast<IndexOf<T>>(l * a.g2);
+  const Vec<IndexOf<T>> row_offset = Vec<IndexOf<T>>::loadu(rows);
+  for (int64_t j = 0; j < count; j += L) {
+    const int64_t n = std::min<int64_t>(L, count - j);
+    const Vec<T> lanes = Vec<T>::arange(T(0), T(1)) < Vec<T>(static_cast<T>(n));  // no reads past the basis
+    const T* basis = a.basis + (i * a.out_w + j0 + j) * a.g2;
+    Vec<T> ax(T(0)), ay(T(0));
+    for (int64_t g = 0; g < a.g2; ++g) {
+      const Vec<T> v = masked_gather<T>(basis + g, row_offset, lanes, (1 << n) - 1);
+      ax = ax + v * Vec<T>(theta[2 * g]);
+      ay = ay + v * Vec<T>(theta[2 * g + 1]);
+    }
+    ax.store(gx + j, n);
+    ay.store(gy + j, n);
+  }
+}
+
+// Source coordinates of a chunk of row i (warp_kernel.h), the TPS grid vectorised.
+template <typename T>
+void chunk_coords(const WarpArgs<T>& a, const T* theta, int64_t i, int64_t j0, int64_t count, RowChunk<T>& s) {
+  if (a.mode != kTps) return matrix_source_coords<T>(a, theta, i, j0, count, s.ix, s.iy, s.dx_mult, s.dy_mult);
+  vec_tps_grid(a, theta, i, j0, count, s.ix, s.iy);
+  source_indices<T>(a, count, s.ix, s.iy, s.dx_mult, s.dy_mult);
+}
+
+template <typename T>
+VecTaps<T> chunk_taps(const WarpArgs<T>& a, const RowChunk<T>& s, int64_t j, int64_t count) {
+  return vec_taps<T>(Vec<T>::loadu(s.ix + j, count), Vec<T>::loadu(s.iy + j, count), a.h, a.w, count);
+}
+
+template <typename T>
+void vec_forward_rows(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
+  RowChunk<T> s;
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / a.out_h, i = row % a.out_h;
+    const T* img = a.x + a.input_of(n) * a.C * hw;
+    T* o = out + n * a.C * HW + i * a.out_w;
+    for (int64_t j0 = 0; j0 < a.out_w; j0 += kChunk) {
+      const int64_t len = std::min(kChunk, a.out_w - j0);
+      chunk_coords<T>(a, a.theta + n * a.P, i, j0, len, s);
+      for (int64_t j = 0; j < len; j += L) {
+        const int64_t count = std::min(L, len - j);
+        const VecTaps<T> b = chunk_taps(a, s, j, count);
+        for (int64_t c = 0; c < a.C; ++c) vec_read(b, img + c * hw).store(o + c * HW + j0 + j, count);
+      }
+    }
+  }
+}
+
+// One block of `count` pixels of a chunk: scatters into dx_image (if not null) and, if want_coords,
+// stores the coordinate gradients into s.gix / s.giy.
+template <typename T>
+void vec_backward_block(const WarpArgs<T>& a, const T* img, const T* g, RowChunk<T>& s, int64_t j,
+                        int64_t count, T* dx_image, bool want_coords) {
+  constexpr int L = VecTaps<T>::kLanes;
+  const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
+  const VecTaps<T> b = chunk_taps(a, s, j, count);
+  Vec<T> gix(T(0)), giy(T(0));
+  alignas(64) T gw[kScatterChannels][4][L];
+  for (int64_t c0 = 0; c0 < a.C; c0 += kScatterChannels) {
+    const int64_t channels = std::min(kScatterChannels, a.C - c0);
+    for (int64_t c = 0; c < channels; ++c) {
+      const Vec<T> gc = Vec<T>::loadu(g + (c0 + c) * HW + j, count);
+      if (want_coords) vec_coordinate_grad(b, img + (c0 + c) * hw, gc, gix, giy);
+      for (int t = 0; t < 4; ++t) (gc * b.weight[t]).store(gw[c][t]);
+    }
+    if (dx_image) vec_scatter(b, gw, channels, hw, dx_image + c0 * hw);
+  }
+  if (want_coords) {
+    // bilinear_backward skips samples without a valid tap: their coordinate gradient is exactly zero.
+    (gix & b.any_valid).store(s.gix + j, count);
+    (giy & b.any_valid).store(s.giy + j, count);
+  }
+}
+
+// TPS transform gradient of a chunk of row i with grid gradients (dgx, dgy): grid_point_backward's sums,
+// each control point's still over the pixels in order, Vec<T>::size() control points at a time in local
+// sums instead of one memory update per pixel and control point.
+template <typename T>
+void vec_tps_theta_grad(const WarpArgs<T>& a, int64_t i, int64_t j0, int64_t count, const T* dgx, const T* dgy,
+                        T* dtheta) {
+  constexpr int L = Vec<T>::size();
+  const T* rows = a.basis + (i * a.out_w + j0) * a.g2;
+  for (int64_t g0 = 0; g0 < a.g2; g0 += L) {
+    const int64_t n = std::min<int64_t>(L, a.g2 - g0);
+    alignas(64) T sx[L] = {}, sy[L] = {};
+    for (int64_t g = 0; g < n; ++g) {
+      sx[g] = dtheta[2 * (g0 + g)];
+      sy[g] = dtheta[2 * (g0 + g) + 1];
+    }
+    Vec<T> ax = Vec<T>::loadu(sx), ay = Vec<T>::loadu(sy);
+    for (int64_t j = 0; j < count; ++j) {
+      const Vec<T> r = Vec<T>::loadu(rows + j * a.g2 + g0, n);
+      ax = ax + r * Vec<T>(dgx[j]);
+      ay = ay + r * Vec<T>(dgy[j]);
+    }
+    ax.store(sx);
+    ay.store(sy);
+    for (int64_t g = 0; g < n; ++g) {
+      dtheta[2 * (g0 + g)] = sx[g];
+      dtheta[2 * (g0 + g) + 1] = sy[g];
+    }
+  }
+}
+
+template <typename T>
+void vec_backward_image(const WarpArgs<T>& a, const T* grad, int64_t n, T* dx_image, T* dtheta_n) {
+  constexpr int64_t L = Vec<T>::size();
+  const T* theta = a.theta + n * a.P;
+  const T* img = a.x + a.input_of(n) * a.C * a.h * a.w;
+  const T* g = grad + n * a.C * a.out_h * a.out_w;
+  RowChunk<T> s;
+  for (int64_t i = 0; i < a.out_h; ++i) {
+    for (int64_t j0 = 0; j0 < a.out_w; j0 += kChunk) {
+      const int64_t len = std::min(kChunk, a.out_w - j0);
+      chunk_coords<T>(a, theta, i, j0, len, s);
+      for (int64_t j = 0; j < len; j += L) {
+        vec_backward_block(a, img, g + i * a.out_w + j0, s, j, std::min(L, len - j), dx_image, dtheta_n != nullptr);
+      }
+      if (dtheta_n == nullptr) continue;
+      for (int64_t j = 0; j < len; ++j) {
+        s.gix[j] *= s.dx_mult[j];
+        s.giy[j] *= s.dy_mult[j];
+      }
+      if (a.mode == kTps) {
+        vec_tps_theta_grad(a, i, j0, len, s.gix, s.giy, dtheta_n);
+      } else {
+        add_matrix_grad<T>(a, theta, i, j0, len, s.gix, s.giy, dtheta_n);
+      }
+    }
+  }
+}
+
+template <typename T>
+WarpKernels<T> vec_warp_kernels() {
+  return {&vec_forward_rows<T>, &vec_backward_image<T>};
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace dtifast

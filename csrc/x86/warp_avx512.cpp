@@ -1,0 +1,48 @@
+// The vector warp kernels (../warp_simd.h) built for AVX-512 F, BW, VL and DQ (the set ATen's 512-bit Vectorized
+// uses); cpu_capability.cpp picks them on CPUs that have all four. setup.py compiles every source with the
+// same flags, so the instruction set comes from the target pragma instead of -mavx512f: the code compiled
+// after it, ATen's Vectorized (chosen by CPU_CAPABILITY_AVX512) included, may use those instructions.
+#include "../cpu_capability.h"
+
+#if DTIFAST_X86_SIMD
+// What is included before the pragma is compiled for the baseline, also here: an out-of-line copy of one of
+// its inline functions (the grid math shared with warp.cpp, the standard library's) is then safe wherever the
+// linker keeps it in place of another file's copy. Inlined into this file's kernels, it gets their target.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "../warp_kernel.h"
+
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")
+// GCC's C++ front end does not define the instruction-set macros for a target pragma, and ATen's headers
+// test them (Sleef declares its vector functions only under __AVX__ / __AVX512F__).
+#define __AVX__ 1
+#define __AVX2__ 1
+#define __FMA__ 1
+#define __AVX512F__ 1
+#define __AVX512BW__ 1
+#define __AVX512VL__ 1
+#define __AVX512DQ__ 1
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+
+// ATen's vector headers carry pragmas for other compilers and ABI notes on types unused here.
+#pragma GCC diagnostic ignored "-Wunknown-pragmas"
+#pragma GCC diagnostic ignored "-Wpsabi"
+#include "../warp_simd.h"
+
+namespace dtifast {
+
+template <>
+WarpKernels<float> warp_kernels_avx512<float>() {
+  return vec_warp_kernels<float>();
+}
+
+template <>
+WarpKernels<double> warp_kernels_avx512<double>() {
+  return vec_warp_kernels<double>();
+}
+
+}  // namespace dtifast
+#endif

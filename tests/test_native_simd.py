@@ -1,0 +1,145 @@
+"""The CPU warp kernels' vector paths (csrc/warp_simd.h, built per instruction set) against the scalar one.
+
+``torch.ops.dtifast.set_cpu_capability`` forces a path (``DTIFAST_CPU_CAPABILITY`` at start-up); every
+vector path must give the scalar path's values and gradients (input and transform) within float rounding,
+for every warp kind, padding, with and without ``index=``, at output widths that leave a partial vector
+(1, 7, 13, 17) or span several row chunks (70), and bit-identical results on 1 and 2 threads. A path this
+CPU cannot run is skipped with the missing instruction sets named.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import dtifast._C  # noqa: F401  (registers torch.ops.dtifast.*)
+from checklist import DTYPES, assert_close
+from dtifast import ops
+from thread_runs import assert_bitwise_equal, run_per_thread_count
+
+OPS = torch.ops.dtifast
+# Each kind's op, raw-parameter shape and keywords; TPS on 3 x 3 control points too (9: a partial vector).
+KINDS = {
+    "position": ("warp_position", (3,), {}),
+    "similarity": ("warp_similarity", (4,), {}),
+    "affine": ("warp_affine", (6,), {}),
+    "projective": ("warp_projective", (9,), {}),
+    "tps": ("warp_tps", (16, 2), {}),
+    "tps3": ("warp_tps", (9, 2), {"grid_size": 3}),
+}
+PADDINGS = ("zeros", "border")
+WIDTHS = (1, 7, 13, 17, 70)
+# The instruction sets each vector path needs (csrc/cpu_capability.cpp), as /proc/cpuinfo names them.
+NEEDS = {"avx2": {"avx2", "fma"}, "avx512": {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = pathlib.Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+
+
+def _vector_path(name: str):
+    missing = sorted(NEEDS[name] - _cpu_flags())
+    return pytest.param(name, marks=pytest.mark.skipif(
+        bool(missing), reason=f"this CPU lacks {', '.join(missing)}: the {name} path cannot run here"))
+
+
+VECTOR_PATHS = [_vector_path(name) for name in NEEDS]
+
+
+@contextlib.contextmanager
+def cpu_capability(name: str):
+    before = OPS.cpu_capability()
+    OPS.set_cpu_capability(name)
+    try:
+        yield
+    finally:
+        OPS.set_cpu_capability(before)
+
+
+def _inputs(kind: str, width: int, dtype: torch.dtype, indexed: bool):
+    """Sprites, raw parameters (output 0 at the identity, where output pixels land exactly on input
+    pixels) and an optional index, seeded."""
+    g = torch.Generator().manual_seed(width)
+    n, k = 6, 3 if indexed else 6
+    x = torch.rand(k, 5, 9, 11, generator=g, dtype=torch.float64)
+    params = 0.3 * torch.randn(n, *KINDS[kind][1], generator=g, dtype=torch.float64)
+    params[0] = 0
+    index = torch.tensor([2, 0, 2, 1, 0, 2]) if indexed else None
+    return x.to(dtype), params.to(dtype), index
+
+
+def _warp_with_grads(kind: str, padding: str, width: int, dtype: torch.dtype, indexed: bool):
+    """Output and the gradients of the input and the raw parameters under a seeded output gradient."""
+    x, params, index = _inputs(kind, width, dtype, indexed)
+    x.requires_grad_()
+    params.requires_grad_()
+    op, _, keywords = KINDS[kind]
+    out = getattr(ops, op)(x, params, (8, width), padding, index=index, backend="cpu", **keywords)
+    cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    dx, dparams = torch.autograd.grad(out, (x, params), cotangent.to(dtype))
+    return out.detach(), dx, dparams
+
+
+def test_capability_is_reported_and_forced():
+    with cpu_capability("scalar"):
+        assert OPS.cpu_capability() == "scalar"
+    for name, needs in NEEDS.items():
+        if needs <= _cpu_flags():
+            with cpu_capability(name):
+                assert OPS.cpu_capability() == name
+
+
+def test_unknown_capability_raises():
+    with pytest.raises(RuntimeError, match="unknown CPU capability 'sse9'"):
+        OPS.set_cpu_capability("sse9")
+
+
+@pytest.mark.parametrize("name", ["scalar"] + VECTOR_PATHS)
+def test_environment_variable_forces_the_path(name):
+    code = "import torch, dtifast._C; print(torch.ops.dtifast.cpu_capability())"
+    env = {**os.environ, "DTIFAST_CPU_CAPABILITY": name}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == name
+
+
+def test_bad_environment_variable_raises_at_first_use():
+    code = "import torch, dtifast._C; torch.ops.dtifast.cpu_capability()"
+    env = {**os.environ, "DTIFAST_CPU_CAPABILITY": "sse9"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "unknown CPU capability 'sse9'" in result.stderr
+
+
+@pytest.mark.parametrize("name", VECTOR_PATHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("indexed", [False, True])
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_vector_path_matches_scalar(kind, padding, indexed, width, dtype, name):
+    with cpu_capability("scalar"):
+        expected = _warp_with_grads(kind, padding, width, dtype, indexed)
+    with cpu_capability(name):
+        actual = _warp_with_grads(kind, padding, width, dtype, indexed)
+    for what, a, e in zip(("output", "input gradient", "parameter gradient"), actual, expected):
+        assert_close(a, e, dtype, f"{name} {what}", scale=0.1)
+
+
+@pytest.mark.parametrize("name", VECTOR_PATHS)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_vector_path_is_thread_count_independent(kind, name):
+    def run():
+        with cpu_capability(name):
+            return _warp_with_grads(kind, "zeros", 70, torch.float32, indexed=True)
+
+    one, two = run_per_thread_count(run, (1, 2))
+    assert_bitwise_equal(one, two)
