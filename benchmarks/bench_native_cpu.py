@@ -9,7 +9,10 @@ eager). Op cases, training step and timers are :mod:`dtifast.bench`'s, so these 
 Usage::
 
     python benchmarks/bench_native_cpu.py [--configs dsprites clevr6] [--batch 8] [--repeats 3]
-        [--out benchmarks/results/native_cpu.md]
+        [--ops warp_position warp_tps ...] [--no-step] [--out benchmarks/results/native_cpu.md]
+
+``--ops`` and ``--no-step`` measure a subset (e.g. while tuning one kernel); write such a partial run to
+another ``--out`` than the results file.
 """
 from __future__ import annotations
 
@@ -42,11 +45,11 @@ def _ms(t: Optional[float]) -> str:
     return f"{t * 1e3:.1f}" if t is not None else "–"
 
 
-def bench_ops(config: str, batch: int, repeats: int) -> list[str]:
-    """Markdown rows ``| config | op | mode | torch ms | cpu ms | speedup |`` for the native ops."""
+def bench_ops(config: str, batch: int, repeats: int, ops: list[str]) -> list[str]:
+    """Markdown rows ``| config | op | mode | torch ms | cpu ms | speedup |`` for the native ops in ``ops``."""
     shapes = shapes_for(config, batch)
     rows = []
-    for op in NATIVE_OPS:
+    for op in ops:
         case = OP_CASES[op]
         if not case.applies(shapes):
             continue
@@ -88,11 +91,34 @@ def _rss_probe(config: str, provider: str, batch: int) -> None:
     print(json.dumps({"growth_bytes": None if peak is None else peak["growth_bytes"]}))
 
 
+def _step_rows(configs: list[str], batch: int, repeats: int) -> list[str]:
+    """The training-step section: time and peak-RSS growth per image of both providers per config."""
+    lines = ["", f"## Training step (forward, backward, Adam) at batch {batch}", "",
+                "| config | eager ms | C++ ms | speedup | eager RSS growth / image | C++ RSS growth / image | ratio |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
+    for config in configs:
+        t = bench_step(config, batch, repeats)
+        per_image = {}
+        for provider in PROVIDERS:
+            small, large = rss_growth(config, provider, batch), rss_growth(config, provider, 2 * batch)
+            per_image[provider] = None if small is None or large is None else (large - small) / batch
+        mib = {p: "–" if v is None else f"{v / 2**20:.2f} MiB" for p, v in per_image.items()}
+        ratio = (f"1/{per_image['torch'] / per_image['cpu']:.1f}"
+                 if per_image["torch"] and per_image["cpu"] and per_image["cpu"] > 0 else "–")
+        lines.append(f"| {config} | {_ms(t['torch'])} | {_ms(t['cpu'])} | {_speedup(t['torch'], t['cpu'])} | "
+                     f"{mib['torch']} | {mib['cpu']} | {ratio} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["dsprites", "clevr6"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--ops", nargs="+", default=NATIVE_OPS, choices=NATIVE_OPS, metavar="OP",
+                        help="native ops to measure (default: all)")
+    parser.add_argument("--no-step", action="store_true", help="skip the training step and its peak RSS")
     parser.add_argument("--out", type=pathlib.Path,
                         default=pathlib.Path(__file__).resolve().parent / "results" / "native_cpu.md")
     parser.add_argument("--rss-probe", nargs=3, metavar=("CONFIG", "PROVIDER", "BATCH"), help=argparse.SUPPRESS)
@@ -110,22 +136,9 @@ def main() -> None:
              f"## Ops at batch {args.batch}", "",
              "| config | op | mode | eager ms | C++ ms | speedup |", "|---|---|---|---:|---:|---:|"]
     for config in args.configs:
-        lines += bench_ops(config, args.batch, args.repeats)
-    lines += ["", f"## Training step (forward, backward, Adam) at batch {args.batch}", "",
-              "| config | eager ms | C++ ms | speedup | eager RSS growth / image | C++ RSS growth / image | ratio |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for config in args.configs:
-        t = bench_step(config, args.batch, args.repeats)
-        per_image = {}
-        for provider in PROVIDERS:
-            small, large = rss_growth(config, provider, args.batch), rss_growth(config, provider, 2 * args.batch)
-            per_image[provider] = None if small is None or large is None else (large - small) / args.batch
-        mib = {p: "–" if v is None else f"{v / 2**20:.2f} MiB" for p, v in per_image.items()}
-        ratio = (f"1/{per_image['torch'] / per_image['cpu']:.1f}"
-                 if per_image["torch"] and per_image["cpu"] and per_image["cpu"] > 0 else "–")
-        lines.append(f"| {config} | {_ms(t['torch'])} | {_ms(t['cpu'])} | {_speedup(t['torch'], t['cpu'])} | "
-                     f"{mib['torch']} | {mib['cpu']} | {ratio} |")
-        print(lines[-1], flush=True)
+        lines += bench_ops(config, args.batch, args.repeats, args.ops)
+    if not args.no_step:
+        lines += _step_rows(args.configs, args.batch, args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
