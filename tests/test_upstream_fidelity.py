@@ -28,12 +28,13 @@ STAGES = ("initial", "all_active")
 def _fidelity_cases():
     """(config, backend) pairs: every config through the eager reference (``torch``) and the device's
     default (``None``: the C++ kernels on the CPU), and through the Triton kernels, which run here in
-    Triton's interpreter: CLEVR6-mini takes ~10 minutes there, so it is marked slow (the other three
-    configs exercise the same Triton kernels)."""
+    Triton's interpreter: CLEVR6-mini takes ~10 minutes there and Multi-dSprites 2-3, so they are marked
+    slow (tetro and gtsrb8 exercise the same Triton kernels against upstream, and
+    tests/test_triton_model_step.py holds a Multi-dSprites step through Triton to the reference's)."""
     cases = []
     for name in CONFIGS:
         cases += [pytest.param(name, "torch", id=f"torch-{name}"), pytest.param(name, None, id=f"default-{name}")]
-        marks = [pytest.mark.slow] if name == "clevr6-mini" else []
+        marks = [pytest.mark.slow] if name in ("clevr6-mini", "dsprites") else []
         cases.append(pytest.param(name, "triton", id=f"triton-{name}", marks=marks))
     return cases
 
