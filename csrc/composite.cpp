@@ -1,21 +1,63 @@
-// Occlusion compositing of L layers over an optional background on CPU (per-pixel math in composite.h).
+// Occlusion compositing on CPU: L layers over an optional background, and the single-object model's
+// candidates (every sprite over every background). The kernels are composite_kernel.h's, per pixel (the
+// reference) or per vector of pixels (composite_simd.h, on CPUs with AVX2 or AVX-512, cpu_capability.h).
 //
 //   dtifast::composite_layers(layers, masks, occlusion, background) -> out
 //   dtifast::composite_layers_backward(grad, layers, masks, occlusion, background, need_layers, need_masks,
 //                                      need_occlusion, need_background) -> (dlayers, dmasks, docclusion, dbackground)
+//   dtifast::composite_candidates(layers, masks, backgrounds) -> out
+//   dtifast::composite_candidates_backward(grad, layers, masks, backgrounds, need_layers, need_masks,
+//                                          need_backgrounds) -> (dlayers, dmasks, dbackgrounds)
 //
-// layers (L, B, C, H, W), masks (L, B, 1, H, W), occlusion (L, L, B), background (B, C, H, W) or None.
-// Work is split into fixed pixel chunks of each image; the occlusion gradient is summed per chunk and the
-// chunks are added in order, so the result is the same for any number of threads.
+// composite_layers: layers (L, B, C, H, W), masks (L, B, 1, H, W), occlusion (L, L, B), background
+// (B, C, H, W) or None. composite_candidates: layers (K, B, C, H, W), masks (K, B, 1, H, W), backgrounds
+// (M, B, C, H, W) or None (black) -> (B, M * K, C, H, W), candidate m * K + k; CPU only (the CUDA backend
+// composites each candidate as one layer, dtifast/ops/composite.py).
+// Work is split into fixed pixel chunks of each image. Every pixel's gradients belong to its chunk; the
+// occlusion gradient is summed per chunk and the chunks are added in order, so the result is the same for
+// any number of threads.
 #include <torch/library.h>
 
 #include "checks.h"
-#include "composite.h"
+#include "composite_kernel.h"
+#include "cpu_capability.h"
 
 namespace dtifast {
 namespace {
 
 constexpr int64_t kChunk = 2048;  // pixels per work item: a fixed split, independent of the thread count
+
+template <typename T>
+CompositeKernels<T> kernels_for() {
+#if DTIFAST_X86_SIMD
+  switch (cpu_capability()) {
+    case CpuCapability::kAvx512:
+      return composite_kernels_avx512<T>();
+    case CpuCapability::kAvx2:
+      return composite_kernels_avx2<T>();
+    case CpuCapability::kScalar:
+      break;
+  }
+#endif
+  return pack_composite_kernels<ScalarPack<T>>();
+}
+
+// Runs work(b, p0, p1, item) over the fixed pixel chunks of every image in parallel.
+template <typename Work>
+void for_each_chunk(int64_t B, int64_t HW, const Work& work) {
+  const int64_t chunks = (HW + kChunk - 1) / kChunk;
+  at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / chunks, p0 = (item % chunks) * kChunk;
+      work(b, p0, std::min(HW, p0 + kChunk), item);
+    }
+  });
+}
+
+template <typename T>
+T* ptr_or_null(at::Tensor& t) {
+  return t.numel() ? t.mutable_data_ptr<T>() : nullptr;
+}
 
 at::Tensor composite_cpu(const at::Tensor& layers_in, const at::Tensor& masks_in, const at::Tensor& occ_in,
                          const std::optional<at::Tensor>& bg_in) {
@@ -24,26 +66,13 @@ at::Tensor composite_cpu(const at::Tensor& layers_in, const at::Tensor& masks_in
   const int64_t L = layers.size(0), B = layers.size(1), C = layers.size(2), HW = layers.size(3) * layers.size(4);
   at::Tensor out = at::empty({B, C, layers.size(3), layers.size(4)}, layers.options());
   at::Tensor bg_holder;
-  const int64_t chunks = (HW + kChunk - 1) / kChunk;
   AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "composite_cpu", [&] {
-    const scalar_t* xs = layers.const_data_ptr<scalar_t>();
-    const scalar_t* ms = masks.const_data_ptr<scalar_t>();
-    const scalar_t* os = occ.const_data_ptr<scalar_t>();
-    const scalar_t* bg = optional_ptr<scalar_t>(bg_in, bg_holder);
+    const CompositeArgs<scalar_t> a{layers.const_data_ptr<scalar_t>(), masks.const_data_ptr<scalar_t>(),
+                                    occ.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(bg_in, bg_holder),
+                                    L, B, C, HW};
+    const CompositeKernels<scalar_t> kernels = kernels_for<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
-      scalar_t m[kMaxLayers];
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t b = item / chunks, p0 = (item % chunks) * kChunk, p1 = std::min(HW, p0 + kChunk);
-        for (int64_t p = p0; p < p1; ++p) {
-          for (int64_t l = 0; l < L; ++l) m[l] = ms[(l * B + b) * HW + p];
-          const scalar_t* x = xs + b * C * HW + p;
-          const scalar_t* bgp = bg ? bg + b * C * HW + p : nullptr;
-          composite_pixel<scalar_t>(os + b, B, m, x, B * C * HW, HW, bgp, HW, static_cast<int>(L), C,
-                                    dst + b * C * HW + p, HW);
-        }
-      }
-    });
+    for_each_chunk(B, HW, [&](int64_t b, int64_t p0, int64_t p1, int64_t) { kernels.layers_forward(a, b, p0, p1, dst); });
   });
   return out;
 }
@@ -58,38 +87,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward_cp
   check_sizes(grad_in, "grad", {B, C, layers.size(3), layers.size(4)});
   const at::Tensor grad = grad_in.contiguous();
   need_bg = need_bg && bg_in.has_value();
+  // Every pixel's gradients are written by the chunk that owns it, so no buffer needs zeroing.
   const auto opts = layers.options();
-  at::Tensor dlayers = need_layers ? at::zeros_like(layers) : at::empty({0}, opts);
+  at::Tensor dlayers = need_layers ? at::empty_like(layers) : at::empty({0}, opts);
   at::Tensor dmasks = need_masks ? at::empty_like(masks) : at::empty({0}, opts);
-  at::Tensor dbg = need_bg ? at::zeros_like(*bg_in, at::MemoryFormat::Contiguous) : at::empty({0}, opts);
+  at::Tensor dbg = need_bg ? at::empty_like(*bg_in, at::MemoryFormat::Contiguous) : at::empty({0}, opts);
   const int64_t chunks = (HW + kChunk - 1) / kChunk;
   at::Tensor docc_parts = at::zeros({need_occ ? B * chunks : 0, L * L}, opts);
   at::Tensor bg_holder;
   AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "composite_backward_cpu", [&] {
-    const scalar_t* xs = layers.const_data_ptr<scalar_t>();
-    const scalar_t* ms = masks.const_data_ptr<scalar_t>();
-    const scalar_t* os = occ.const_data_ptr<scalar_t>();
+    const CompositeArgs<scalar_t> a{layers.const_data_ptr<scalar_t>(), masks.const_data_ptr<scalar_t>(),
+                                    occ.const_data_ptr<scalar_t>(), optional_ptr<scalar_t>(bg_in, bg_holder),
+                                    L, B, C, HW};
+    const CompositeKernels<scalar_t> kernels = kernels_for<scalar_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    const scalar_t* bg = optional_ptr<scalar_t>(bg_in, bg_holder);
-    scalar_t* dxs = need_layers ? dlayers.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* dms = need_masks ? dmasks.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* dbgp = need_bg ? dbg.mutable_data_ptr<scalar_t>() : nullptr;
-    scalar_t* parts = need_occ ? docc_parts.mutable_data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
-      scalar_t m[kMaxLayers], dm[kMaxLayers];
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t b = item / chunks, p0 = (item % chunks) * kChunk, p1 = std::min(HW, p0 + kChunk);
-        for (int64_t p = p0; p < p1; ++p) {
-          for (int64_t l = 0; l < L; ++l) m[l] = ms[(l * B + b) * HW + p];
-          const int64_t at_px = b * C * HW + p;
-          composite_backward<scalar_t>(os + b, B, m, xs + at_px, B * C * HW, HW, bg ? bg + at_px : nullptr, HW,
-                                       static_cast<int>(L), C, g + at_px, HW, dm, dxs ? dxs + at_px : nullptr,
-                                       parts ? parts + item * L * L : nullptr, dbgp ? dbgp + at_px : nullptr);
-          if (dms) {
-            for (int64_t l = 0; l < L; ++l) dms[(l * B + b) * HW + p] = dm[l];
-          }
-        }
-      }
+    scalar_t *dxs = ptr_or_null<scalar_t>(dlayers), *dms = ptr_or_null<scalar_t>(dmasks),
+             *dbgp = ptr_or_null<scalar_t>(dbg), *parts = ptr_or_null<scalar_t>(docc_parts);
+    for_each_chunk(B, HW, [&](int64_t b, int64_t p0, int64_t p1, int64_t item) {
+      kernels.layers_backward(a, g, b, p0, p1, dxs, dms, parts ? parts + item * L * L : nullptr, dbgp);
     });
   });
   at::Tensor docc = need_occ ? at::zeros_like(occ) : at::empty({0}, opts);
@@ -108,6 +123,66 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward_cp
   return {dlayers, dmasks, docc, dbg};
 }
 
+// layers (K, B, C, H, W), masks (K, B, 1, H, W), backgrounds (M, B, C, H, W) or None.
+int64_t check_candidates(const at::Tensor& layers, const at::Tensor& masks,
+                         const std::optional<at::Tensor>& backgrounds) {
+  check_device(layers, "layers", at::kCPU);
+  TORCH_CHECK(layers.dim() == 5, "layers must be (K, B, C, H, W), got ", layers.sizes());
+  check_like(masks, "masks", layers);
+  check_sizes(masks, "masks", {layers.size(0), layers.size(1), 1, layers.size(3), layers.size(4)});
+  if (!backgrounds.has_value()) return 1;
+  check_like(*backgrounds, "backgrounds", layers);
+  check_sizes(*backgrounds, "backgrounds", {-1, layers.size(1), layers.size(2), layers.size(3), layers.size(4)});
+  return backgrounds->size(0);
+}
+
+at::Tensor candidates_cpu(const at::Tensor& layers_in, const at::Tensor& masks_in,
+                          const std::optional<at::Tensor>& bgs_in) {
+  const int64_t M = check_candidates(layers_in, masks_in, bgs_in);
+  const at::Tensor layers = layers_in.contiguous(), masks = masks_in.contiguous();
+  const int64_t K = layers.size(0), B = layers.size(1), C = layers.size(2), HW = layers.size(3) * layers.size(4);
+  at::Tensor out = at::empty({B, M * K, C, layers.size(3), layers.size(4)}, layers.options());
+  at::Tensor bgs_holder;
+  AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "composite_candidates_cpu", [&] {
+    const CandidateArgs<scalar_t> a{layers.const_data_ptr<scalar_t>(), masks.const_data_ptr<scalar_t>(),
+                                    optional_ptr<scalar_t>(bgs_in, bgs_holder), K, M, B, C, HW};
+    const CompositeKernels<scalar_t> kernels = kernels_for<scalar_t>();
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    for_each_chunk(B, HW,
+                   [&](int64_t b, int64_t p0, int64_t p1, int64_t) { kernels.candidates_forward(a, b, p0, p1, dst); });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> candidates_backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& layers_in, const at::Tensor& masks_in,
+    const std::optional<at::Tensor>& bgs_in, bool need_layers, bool need_masks, bool need_bgs) {
+  const int64_t M = check_candidates(layers_in, masks_in, bgs_in);
+  const at::Tensor layers = layers_in.contiguous(), masks = masks_in.contiguous();
+  const int64_t K = layers.size(0), B = layers.size(1), C = layers.size(2), HW = layers.size(3) * layers.size(4);
+  check_like(grad_in, "grad", layers);
+  check_sizes(grad_in, "grad", {B, M * K, C, layers.size(3), layers.size(4)});
+  const at::Tensor grad = grad_in.contiguous();
+  need_bgs = need_bgs && bgs_in.has_value();
+  const auto opts = layers.options();
+  at::Tensor dlayers = need_layers ? at::empty_like(layers) : at::empty({0}, opts);
+  at::Tensor dmasks = need_masks ? at::empty_like(masks) : at::empty({0}, opts);
+  at::Tensor dbgs = need_bgs ? at::empty_like(*bgs_in, at::MemoryFormat::Contiguous) : at::empty({0}, opts);
+  at::Tensor bgs_holder;
+  AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "composite_candidates_backward_cpu", [&] {
+    const CandidateArgs<scalar_t> a{layers.const_data_ptr<scalar_t>(), masks.const_data_ptr<scalar_t>(),
+                                    optional_ptr<scalar_t>(bgs_in, bgs_holder), K, M, B, C, HW};
+    const CompositeKernels<scalar_t> kernels = kernels_for<scalar_t>();
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    scalar_t *dxs = ptr_or_null<scalar_t>(dlayers), *dms = ptr_or_null<scalar_t>(dmasks),
+             *dbg = ptr_or_null<scalar_t>(dbgs);
+    for_each_chunk(B, HW, [&](int64_t b, int64_t p0, int64_t p1, int64_t) {
+      kernels.candidates_backward(a, g, b, p0, p1, dxs, dms, dbg);
+    });
+  });
+  return {dlayers, dmasks, dbgs};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(dtifast, m) {
@@ -116,11 +191,17 @@ TORCH_LIBRARY_FRAGMENT(dtifast, m) {
       "composite_layers_backward(Tensor grad, Tensor layers, Tensor masks, Tensor occlusion, Tensor? background, "
       "bool need_layers, bool need_masks, bool need_occlusion, bool need_background) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("composite_candidates(Tensor layers, Tensor masks, Tensor? backgrounds) -> Tensor");
+  m.def(
+      "composite_candidates_backward(Tensor grad, Tensor layers, Tensor masks, Tensor? backgrounds, "
+      "bool need_layers, bool need_masks, bool need_backgrounds) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dtifast, CPU, m) {
   m.impl("composite_layers", &composite_cpu);
   m.impl("composite_layers_backward", &composite_backward_cpu);
+  m.impl("composite_candidates", &candidates_cpu);
+  m.impl("composite_candidates_backward", &candidates_backward_cpu);
 }
 
 }  // namespace dtifast

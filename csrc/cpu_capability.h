@@ -1,6 +1,6 @@
 // Which instruction set the CPU kernels with vector paths (csrc/warp.cpp) run on.
 //
-// The vector kernels are compiled once per instruction set (csrc/x86/warp_avx2.cpp, warp_avx512.cpp) and
+// The vector kernels are compiled once per instruction set (csrc/x86/avx2.cpp, avx512.cpp) and
 // picked at run time: the best one this CPU supports, or the one DTIFAST_CPU_CAPABILITY (scalar|avx2|avx512)
 // names, read at the first kernel call. dtifast::cpu_capability() reports the choice and
 // dtifast::set_cpu_capability(name) changes it, so tests compare the vector paths with the scalar one.

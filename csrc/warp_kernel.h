@@ -2,7 +2,7 @@
 //
 // csrc/warp.cpp checks the inputs, splits the work over threads and calls a table: its own scalar kernels
 // (the reference) or the vector ones of csrc/warp_simd.h, compiled per instruction set in
-// csrc/x86/warp_avx2.cpp and warp_avx512.cpp. No ATen here: those files include this before their target
+// csrc/x86/avx2.cpp and avx512.cpp. No ATen here: those files include this before their target
 // pragma, so that its inline functions (and sampling.h's) stay baseline code there too.
 #pragma once
 
@@ -93,7 +93,7 @@ inline void add_matrix_grad(const WarpArgs<T>& a, const T* theta, int64_t i, int
 }
 
 #if DTIFAST_X86_SIMD
-// Defined in csrc/x86/warp_avx2.cpp and warp_avx512.cpp; only called on CPUs with those instruction sets.
+// Defined in csrc/x86/avx2.cpp and avx512.cpp; only called on CPUs with those instruction sets.
 template <typename T>
 WarpKernels<T> warp_kernels_avx2();
 template <typename T>

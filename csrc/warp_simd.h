@@ -1,6 +1,6 @@
 // Vector CPU warp kernels on ATen's at::vec::Vectorized: Vec<T>::size() output pixels of a row at a time.
 //
-// Included only by the per-instruction-set files (csrc/x86/warp_avx2.cpp, warp_avx512.cpp), which define
+// Included only by the per-instruction-set files (csrc/x86/avx2.cpp, avx512.cpp), which define
 // CPU_CAPABILITY first: Vectorized then has that width, and everything here lives in the inline namespace
 // dtifast::<CPU_CAPABILITY>, so the builds do not collide.
 // Per chunk of an output row the source coordinates come from sampling.h's scalar math (grid_point,

@@ -1,10 +1,16 @@
-"""The CPU warp kernels' vector paths (csrc/warp_simd.h, built per instruction set) against the scalar one.
+"""The CPU kernels' vector paths (csrc/warp_simd.h, csrc/composite_simd.h, built per instruction set)
+against the scalar one.
 
 ``torch.ops.dtifast.set_cpu_capability`` forces a path (``DTIFAST_CPU_CAPABILITY`` at start-up); every
-vector path must give the scalar path's values and gradients (input and transform) within float rounding,
-for every warp kind, padding, with and without ``index=``, at output widths that leave a partial vector
-(1, 7, 13, 17) or span several row chunks (70), and bit-identical results on 1 and 2 threads. A path this
-CPU cannot run is skipped with the missing instruction sets named.
+vector path must give the scalar path's values and gradients within float rounding, and bit-identical
+results on 1 and 2 threads:
+
+* warps: every kind, padding, with and without ``index=``, at output widths that leave a partial vector
+  (1, 7, 13, 17) or span several row chunks (70); input and transform gradients;
+* compositing (``composite_layers``, ``composite_candidates``): with and without backgrounds, at pixel
+  counts that leave a partial vector or span several work chunks of 2048 pixels; every input's gradient.
+
+A path this CPU cannot run is skipped with the missing instruction sets named.
 """
 from __future__ import annotations
 
@@ -140,6 +146,78 @@ def test_vector_path_is_thread_count_independent(kind, name):
     def run():
         with cpu_capability(name):
             return _warp_with_grads(kind, "zeros", 70, torch.float32, indexed=True)
+
+    one, two = run_per_thread_count(run, (1, 2))
+    assert_bitwise_equal(one, two)
+
+
+# Image sizes (H, W) of the compositing tests: partial vectors (1, 7, 13, 17 pixels) and several 2048-pixel
+# work chunks with a partial one at the end (47 x 90 = 4230).
+PIXELS = ((1, 1), (1, 7), (1, 13), (1, 17), (47, 90))
+
+
+def _composite_inputs(H: int, W: int, dtype: torch.dtype, background: bool, M: int = 0):
+    """Layers, masks (some exactly 1), occlusion and a background (or M backgrounds), seeded."""
+    g = torch.Generator().manual_seed(H * W)
+    L, B, C = 3, 2, 3
+    layers = torch.rand(L, B, C, H, W, generator=g, dtype=torch.float64)
+    masks = torch.rand(L, B, 1, H, W, generator=g, dtype=torch.float64)
+    masks[masks > 0.8] = 1.0
+    occ = torch.rand(L, L, B, generator=g, dtype=torch.float64)
+    shape = (M, B, C, H, W) if M else (B, C, H, W)
+    bg = torch.rand(*shape, generator=g, dtype=torch.float64) if background else None
+    return [None if t is None else t.to(dtype).requires_grad_() for t in (layers, masks, occ, bg)]
+
+
+def _with_grads(fn, inputs):
+    """Output and the gradient of every input (None for an absent one) under a seeded output gradient."""
+    out = fn(*inputs)
+    cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    present = [t for t in inputs if t is not None]
+    grads = iter(torch.autograd.grad(out, present, cotangent.to(out.dtype)))
+    return [out.detach()] + [None if t is None else next(grads) for t in inputs]
+
+
+def _composite_layers(H, W, dtype, background):
+    inputs = _composite_inputs(H, W, dtype, background)
+    return _with_grads(lambda *a: ops.composite_layers(*a, backend="cpu"), inputs)
+
+
+def _composite_candidates(H, W, dtype, M):
+    layers, masks, _, bgs = _composite_inputs(H, W, dtype, M > 0, M)
+    return _with_grads(lambda *a: ops.composite_candidates(*a, backend="cpu"), [layers, masks, bgs])
+
+
+COMPOSITES = {
+    "layers": lambda H, W, dtype: _composite_layers(H, W, dtype, True),
+    "layers-no-background": lambda H, W, dtype: _composite_layers(H, W, dtype, False),
+    "candidates": lambda H, W, dtype: _composite_candidates(H, W, dtype, 2),
+    "candidates-black": lambda H, W, dtype: _composite_candidates(H, W, dtype, 0),
+}
+
+
+@pytest.mark.parametrize("name", VECTOR_PATHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", PIXELS, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("op", list(COMPOSITES))
+def test_composite_vector_path_matches_scalar(op, size, dtype, name):
+    with cpu_capability("scalar"):
+        expected = COMPOSITES[op](*size, dtype)
+    with cpu_capability(name):
+        actual = COMPOSITES[op](*size, dtype)
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert (a is None) == (e is None)
+        if e is not None:
+            assert_close(a, e, dtype, f"{name} {op} {'output' if i == 0 else f'gradient of input {i - 1}'}",
+                         scale=0.1)
+
+
+@pytest.mark.parametrize("name", VECTOR_PATHS)
+@pytest.mark.parametrize("op", list(COMPOSITES))
+def test_composite_vector_path_is_thread_count_independent(op, name):
+    def run():
+        with cpu_capability(name):
+            return COMPOSITES[op](47, 90, torch.float32)
 
     one, two = run_per_thread_count(run, (1, 2))
     assert_bitwise_equal(one, two)

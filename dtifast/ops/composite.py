@@ -7,10 +7,13 @@ Where each part lives:
 
 * reference (the ``torch`` backend): :func:`dtifast.ops.reference.composite_layers`, ``composite_candidates``;
 * Triton kernels: ``kernels/composite.py`` (the layer-tile helpers are shared with the render loss);
-* C++ and CUDA kernels: ``csrc/composite.cpp`` + ``csrc/composite.h``, ``csrc/cuda/composite.cu`` +
-  ``bind_composite.cpp``;
+* C++ and CUDA kernels: ``csrc/composite.cpp`` + ``csrc/composite.h`` (per-pixel math) +
+  ``csrc/composite_kernel.h`` (CPU kernels, scalar and vector: ``csrc/composite_simd.h``),
+  ``csrc/cuda/composite.cu`` + ``bind_composite.cpp``;
 * custom ops (one contract, :mod:`dtifast.ops._library`):
-  ``dtifast::composite_layers(layers, masks, occlusion, background)`` and its ``_triton`` twin.
+  ``dtifast::composite_layers(layers, masks, occlusion, background)`` and its ``_triton`` twin;
+  ``dtifast::composite_candidates(layers, masks, backgrounds)`` (CPU only: the CUDA and Triton backends
+  composite each candidate as one layer).
 """
 from __future__ import annotations
 
@@ -46,9 +49,16 @@ def _composite_fake(layers, masks, occlusion, background):
     return layers.new_empty(layers.shape[1:])
 
 
+def _candidates_fake(layers, masks, backgrounds):
+    K, B, C, H, W = layers.shape
+    M = 1 if backgrounds is None else backgrounds.shape[0]
+    return layers.new_empty(B, M * K, C, H, W)
+
+
 define_triton_op("composite_layers", _composite_triton, _composite_backward_triton, n_diff=4)
 if native_error() is None:
     register_autograd("composite_layers", forward_fake=_composite_fake, n_diff=4)
+    register_autograd("composite_candidates", forward_fake=_candidates_fake, n_diff=3)
 
 
 def composite_layers(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
@@ -104,7 +114,9 @@ def composite_candidates(layers: torch.Tensor, masks: torch.Tensor, backgrounds:
     name = select("composite_candidates", backend, layers.device, layers.dtype)
     if name == "torch":
         return reference.composite_candidates(layers, masks, backgrounds)
-    # Each of the M·K·B candidates is a one-layer composite over its own background.
+    if name == "cpu":
+        return fused_op("composite_candidates", name)(layers, masks, backgrounds)
+    # CUDA and Triton: each of the M·K·B candidates is a one-layer composite over its own background.
     K, B, C, H, W = layers.shape
     n = M * K * B
     flat_layers = layers[None].expand(M, -1, -1, -1, -1, -1).reshape(1, n, C, H, W)

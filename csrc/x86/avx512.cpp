@@ -1,7 +1,8 @@
-// The vector warp kernels (../warp_simd.h) built for AVX2 + FMA; cpu_capability.cpp picks them on CPUs that
-// have both. setup.py compiles every source with the same flags, so the instruction set comes from the
-// target pragma instead of -mavx2: the code compiled after it, ATen's 256-bit Vectorized (chosen by
-// CPU_CAPABILITY_AVX2) included, may use those instructions.
+// The vector warp and compositing kernels (../warp_simd.h, ../composite_simd.h) built for AVX-512 F, BW, VL
+// and DQ (the set ATen's 512-bit Vectorized uses); cpu_capability.cpp picks them on CPUs that have all four.
+// setup.py compiles every source with the same flags, so the instruction set comes from the target pragma
+// instead of -mavx512f: the code compiled after it, ATen's Vectorized (chosen by CPU_CAPABILITY_AVX512)
+// included, may use those instructions.
 #include "../cpu_capability.h"
 
 #if DTIFAST_X86_SIMD
@@ -11,33 +12,49 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <new>
 
 #include "../warp_kernel.h"
 
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")
 // GCC's C++ front end does not define the instruction-set macros for a target pragma, and ATen's headers
 // test them (Sleef declares its vector functions only under __AVX__ / __AVX512F__).
 #define __AVX__ 1
 #define __AVX2__ 1
 #define __FMA__ 1
-#define CPU_CAPABILITY AVX2
-#define CPU_CAPABILITY_AVX2
+#define __AVX512F__ 1
+#define __AVX512BW__ 1
+#define __AVX512VL__ 1
+#define __AVX512DQ__ 1
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
 
 // ATen's vector headers carry pragmas for other compilers and ABI notes on types unused here.
 #pragma GCC diagnostic ignored "-Wunknown-pragmas"
 #pragma GCC diagnostic ignored "-Wpsabi"
+#include "../composite_simd.h"
 #include "../warp_simd.h"
 
 namespace dtifast {
 
 template <>
-WarpKernels<float> warp_kernels_avx2<float>() {
+WarpKernels<float> warp_kernels_avx512<float>() {
   return vec_warp_kernels<float>();
 }
 
 template <>
-WarpKernels<double> warp_kernels_avx2<double>() {
+WarpKernels<double> warp_kernels_avx512<double>() {
   return vec_warp_kernels<double>();
+}
+
+template <>
+CompositeKernels<float> composite_kernels_avx512<float>() {
+  return vec_composite_kernels<float>();
+}
+
+template <>
+CompositeKernels<double> composite_kernels_avx512<double>() {
+  return vec_composite_kernels<double>();
 }
 
 }  // namespace dtifast

@@ -1,0 +1,223 @@
+// The CPU compositing kernels (composite_layers, composite_candidates), written once for a "pack" of pixels:
+// ScalarPack (one pixel, the reference path, csrc/composite.cpp) or VecPack (Vec<T>::size() pixels of a
+// row, csrc/composite_simd.h, compiled per instruction set in csrc/x86/). The per-pixel math is composite.h's,
+// shared with the CUDA kernels, applied to packs: a lane per pixel.
+//
+// Each kernel handles pixels [p0, p1) of image b and writes (never adds) every gradient of those pixels,
+// except the occlusion gradient: its per-pixel terms are summed in pixel order per lane, then over the lanes,
+// and added into `docc` (L * L values), so a fixed split of the pixels gives the same sums on any number of
+// threads. Lanes past p1 load zeros: mask 0 and gradient 0 give them no share of any sum.
+//
+// No ATen here: the per-instruction-set files include this after their target pragma, so its templates
+// take that target (a pack of Vectorized only compiles so), while composite.cpp instantiates ScalarPack only.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <new>
+
+#include "composite.h"
+#include "cpu_capability.h"
+
+namespace dtifast {
+
+// composite_layers: layers (L, B, C, HW), masks (L, B, HW), occ (L, L, B), bg (B, C, HW) or null.
+template <typename T>
+struct CompositeArgs {
+  const T* layers;
+  const T* masks;
+  const T* occ;
+  const T* bg;
+  int64_t L, B, C, HW;
+};
+
+// composite_candidates: layers (K, B, C, HW), masks (K, B, HW), bgs (M, B, C, HW) or null (then M = 1, a
+// black background); output (B, M * K, C, HW), candidate m * K + k.
+template <typename T>
+struct CandidateArgs {
+  const T* layers;
+  const T* masks;
+  const T* bgs;
+  int64_t K, M, B, C, HW;
+};
+
+template <typename T>
+struct CompositeKernels {
+  void (*layers_forward)(const CompositeArgs<T>& a, int64_t b, int64_t p0, int64_t p1, T* out);
+  // Gradients in the inputs' layouts (null: not wanted); docc: L * L values, added.
+  void (*layers_backward)(const CompositeArgs<T>& a, const T* grad, int64_t b, int64_t p0, int64_t p1,
+                          T* dlayers, T* dmasks, T* docc, T* dbg);
+  void (*candidates_forward)(const CandidateArgs<T>& a, int64_t b, int64_t p0, int64_t p1, T* out);
+  void (*candidates_backward)(const CandidateArgs<T>& a, const T* grad, int64_t b, int64_t p0, int64_t p1,
+                              T* dlayers, T* dmasks, T* dbgs);
+};
+
+// n packs on the heap, aligned for V (std::vector's allocator does not align a Vectorized of 32 or 64 bytes).
+// Left uninitialised: the kernels assign every element before reading it.
+template <typename V>
+class PackArray {
+ public:
+  explicit PackArray(int64_t n)
+      : data_(static_cast<V*>(::operator new(sizeof(V) * std::max<int64_t>(n, 1), std::align_val_t(alignof(V))))) {}
+  ~PackArray() { ::operator delete(data_, std::align_val_t(alignof(V))); }
+  PackArray(const PackArray&) = delete;
+  PackArray& operator=(const PackArray&) = delete;
+  V* data() { return data_; }
+  V& operator[](int64_t i) { return data_[i]; }
+
+ private:
+  V* data_;
+};
+
+// One pixel at a time: the reference path.
+template <typename Scalar>
+struct ScalarPack {
+  using T = Scalar;
+  using V = Scalar;
+  static constexpr int64_t kLanes = 1;
+  static V load(const T* p, int64_t) { return *p; }
+  static void store(T* p, const V& v, int64_t) { *p = v; }
+  static T sum(const V& v) { return v; }
+};
+
+template <typename Pack>
+void pack_composite_forward(const CompositeArgs<typename Pack::T>& a, int64_t b, int64_t p0, int64_t p1,
+                            typename Pack::T* out) {
+  using V = typename Pack::V;
+  const int64_t L = a.L, C = a.C, HW = a.HW, B = a.B;
+  // Per pixel pack: the masks, the L * C layer colours and the C background and output channels (the
+  // channel count is not bounded, hence the heap; one allocation per call).
+  V occ[kMaxLayers * kMaxLayers], m[kMaxLayers];
+  PackArray<V> x(L * C), bg(C), o(C);
+  for (int64_t jk = 0; jk < L * L; ++jk) occ[jk] = V(a.occ[jk * B + b]);
+  for (int64_t p = p0; p < p1; p += Pack::kLanes) {
+    const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
+    for (int64_t l = 0; l < L; ++l) {
+      m[l] = Pack::load(a.masks + (l * B + b) * HW + p, n);
+      for (int64_t c = 0; c < C; ++c) x[l * C + c] = Pack::load(a.layers + ((l * B + b) * C + c) * HW + p, n);
+    }
+    for (int64_t c = 0; c < C && a.bg; ++c) bg[c] = Pack::load(a.bg + (b * C + c) * HW + p, n);
+    composite_pixel<V>(occ, 1, m, x.data(), C, 1, a.bg ? bg.data() : nullptr, 1, static_cast<int>(L), C, o.data(), 1);
+    for (int64_t c = 0; c < C; ++c) Pack::store(out + (b * C + c) * HW + p, o[c], n);
+  }
+}
+
+template <typename Pack>
+void pack_composite_backward(const CompositeArgs<typename Pack::T>& a, const typename Pack::T* grad, int64_t b,
+                             int64_t p0, int64_t p1, typename Pack::T* dlayers, typename Pack::T* dmasks,
+                             typename Pack::T* docc, typename Pack::T* dbg) {
+  using T = typename Pack::T;
+  using V = typename Pack::V;
+  const int64_t L = a.L, C = a.C, HW = a.HW, B = a.B;
+  V occ[kMaxLayers * kMaxLayers], docc_sum[kMaxLayers * kMaxLayers];
+  V m[kMaxLayers], dm[kMaxLayers];
+  PackArray<V> x(L * C), dx(L * C), bg(C), dbg_px(C), g(C);
+  for (int64_t jk = 0; jk < L * L; ++jk) {
+    occ[jk] = V(a.occ[jk * B + b]);
+    docc_sum[jk] = V(T(0));
+  }
+  for (int64_t p = p0; p < p1; p += Pack::kLanes) {
+    const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
+    for (int64_t l = 0; l < L; ++l) {
+      m[l] = Pack::load(a.masks + (l * B + b) * HW + p, n);
+      for (int64_t c = 0; c < C; ++c) {
+        x[l * C + c] = Pack::load(a.layers + ((l * B + b) * C + c) * HW + p, n);
+        dx[l * C + c] = V(T(0));
+      }
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      g[c] = Pack::load(grad + (b * C + c) * HW + p, n);
+      if (a.bg) bg[c] = Pack::load(a.bg + (b * C + c) * HW + p, n);
+      dbg_px[c] = V(T(0));
+    }
+    composite_backward<V>(occ, 1, m, x.data(), C, 1, a.bg ? bg.data() : nullptr, 1, static_cast<int>(L), C,
+                          g.data(), 1, dm, dlayers ? dx.data() : nullptr, docc ? docc_sum : nullptr,
+                          dbg && a.bg ? dbg_px.data() : nullptr);
+    for (int64_t l = 0; l < L; ++l) {
+      if (dmasks) Pack::store(dmasks + (l * B + b) * HW + p, dm[l], n);
+      for (int64_t c = 0; c < C && dlayers; ++c) {
+        Pack::store(dlayers + ((l * B + b) * C + c) * HW + p, dx[l * C + c], n);
+      }
+    }
+    for (int64_t c = 0; c < C && dbg && a.bg; ++c) Pack::store(dbg + (b * C + c) * HW + p, dbg_px[c], n);
+  }
+  for (int64_t jk = 0; jk < L * L && docc; ++jk) docc[jk] += Pack::sum(docc_sum[jk]);
+}
+
+// out_{m K + k} = (1 - m_k) bg_m + m_k x_k (dtifast/ops/reference.py composite_candidates, same order of
+// operations); m_k x_k without backgrounds.
+template <typename Pack>
+void pack_candidates_forward(const CandidateArgs<typename Pack::T>& a, int64_t b, int64_t p0, int64_t p1,
+                             typename Pack::T* out) {
+  using T = typename Pack::T;
+  using V = typename Pack::V;
+  const int64_t K = a.K, M = a.M, B = a.B, C = a.C, HW = a.HW;
+  for (int64_t p = p0; p < p1; p += Pack::kLanes) {
+    const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
+    for (int64_t k = 0; k < K; ++k) {
+      const V mk = Pack::load(a.masks + (k * B + b) * HW + p, n), keep = V(T(1)) - mk;
+      for (int64_t c = 0; c < C; ++c) {
+        const V fg = mk * Pack::load(a.layers + ((k * B + b) * C + c) * HW + p, n);
+        for (int64_t mi = 0; mi < M; ++mi) {
+          T* o = out + ((b * M * K + mi * K + k) * C + c) * HW + p;
+          Pack::store(o, a.bgs ? keep * Pack::load(a.bgs + ((mi * B + b) * C + c) * HW + p, n) + fg : fg, n);
+        }
+      }
+    }
+  }
+}
+
+// d x_k = m_k sum_m g_mk; d m_k = sum_c (x_k sum_m g_mk - sum_m g_mk bg_m); d bg_m = sum_k g_mk (1 - m_k).
+template <typename Pack>
+void pack_candidates_backward(const CandidateArgs<typename Pack::T>& a, const typename Pack::T* grad, int64_t b,
+                              int64_t p0, int64_t p1, typename Pack::T* dlayers, typename Pack::T* dmasks,
+                              typename Pack::T* dbgs) {
+  using T = typename Pack::T;
+  using V = typename Pack::V;
+  const int64_t K = a.K, M = a.M, B = a.B, C = a.C, HW = a.HW;
+  for (int64_t p = p0; p < p1; p += Pack::kLanes) {
+    const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
+    for (int64_t k = 0; k < K; ++k) {
+      const V mk = Pack::load(a.masks + (k * B + b) * HW + p, n);
+      V dm(T(0));
+      for (int64_t c = 0; c < C; ++c) {
+        V gsum(T(0)), gbg(T(0));
+        for (int64_t mi = 0; mi < M; ++mi) {
+          const V g = Pack::load(grad + ((b * M * K + mi * K + k) * C + c) * HW + p, n);
+          gsum += g;
+          if (a.bgs) gbg += g * Pack::load(a.bgs + ((mi * B + b) * C + c) * HW + p, n);
+        }
+        const V x = Pack::load(a.layers + ((k * B + b) * C + c) * HW + p, n);
+        if (dlayers) Pack::store(dlayers + ((k * B + b) * C + c) * HW + p, mk * gsum, n);
+        dm += x * gsum - gbg;
+      }
+      if (dmasks) Pack::store(dmasks + (k * B + b) * HW + p, dm, n);
+    }
+    for (int64_t mi = 0; mi < M && dbgs && a.bgs; ++mi) {
+      for (int64_t c = 0; c < C; ++c) {
+        V acc(T(0));
+        for (int64_t k = 0; k < K; ++k) {
+          const V keep = V(T(1)) - Pack::load(a.masks + (k * B + b) * HW + p, n);
+          acc += Pack::load(grad + ((b * M * K + mi * K + k) * C + c) * HW + p, n) * keep;
+        }
+        Pack::store(dbgs + ((mi * B + b) * C + c) * HW + p, acc, n);
+      }
+    }
+  }
+}
+
+template <typename Pack>
+CompositeKernels<typename Pack::T> pack_composite_kernels() {
+  return {&pack_composite_forward<Pack>, &pack_composite_backward<Pack>, &pack_candidates_forward<Pack>,
+          &pack_candidates_backward<Pack>};
+}
+
+#if DTIFAST_X86_SIMD
+// Defined in csrc/x86/avx2.cpp and avx512.cpp; only called on CPUs with those instruction sets.
+template <typename T>
+CompositeKernels<T> composite_kernels_avx2();
+template <typename T>
+CompositeKernels<T> composite_kernels_avx512();
+#endif
+
+}  // namespace dtifast
