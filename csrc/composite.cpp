@@ -72,7 +72,8 @@ at::Tensor composite_cpu(const at::Tensor& layers_in, const at::Tensor& masks_in
                                     L, B, C, HW};
     const CompositeKernels<scalar_t> kernels = kernels_for<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-    for_each_chunk(B, HW, [&](int64_t b, int64_t p0, int64_t p1, int64_t) { kernels.layers_forward(a, b, p0, p1, dst); });
+    for_each_chunk(B, HW,
+                   [&](int64_t b, int64_t p0, int64_t p1, int64_t) { kernels.layers_forward(a, b, p0, p1, dst); });
   });
   return out;
 }

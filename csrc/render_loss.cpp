@@ -13,79 +13,100 @@
 // Each image is handled by one thread (its partial loss and every gradient it touches belong to it alone),
 // and the per-image partial losses are added in image order: the result does not depend on the thread count.
 // An empty batch has no error to average: its loss is 0 (not 0/0), as on every backend.
+// The per-pixel pass below is the scalar reference; on CPUs with AVX2 or AVX-512 the vector pass of
+// render_simd.h (render_kernel.h's table, cpu_capability.h) runs instead, within float rounding of it.
 #include <torch/library.h>
 
 #include "checks.h"
 #include "composite.h"
+#include "cpu_capability.h"
 #include "place.h"
+#include "render_kernel.h"
 
 namespace dtifast {
 namespace {
 
-// The per-image pass shared by forward and backward. Returns image b's sum of squared errors; with `grads`
-// it also back-propagates `scale` * d(sum)/d(inputs) into them.
+// The per-pixel pass (the reference): image b's sum of squared errors; with grads, also its backward.
 template <typename scalar_t>
-struct RenderPass {
-  Dims d;
-  const scalar_t *x, *sprites, *theta, *occ, *bg, *noise, *basis;
-
-  struct Grads {
-    scalar_t scale;
-    scalar_t *dx, *dsprites, *dtheta, *docc, *dbg, *dnoise;
-  };
-
-  double image(int64_t b, const Grads* grads) const {
-    const int64_t L = d.L, C = d.C, HW = d.H * d.W, hw = d.h * d.w, S = (C + d.E) * hw;
-    std::vector<scalar_t> col(L * C), dcol(L * C), gout(C), docc_local(L * L, scalar_t(0));
-    std::vector<Placed<scalar_t>> placed(L);
-    scalar_t m[kMaxLayers], dm[kMaxLayers];
-    double sse = 0;
-    for (int64_t i = 0; i < d.H; ++i) {
-      for (int64_t j = 0; j < d.W; ++j) {
-        const int64_t p = i * d.W + j;
-        for (int64_t l = 0; l < L; ++l) {
-          const int64_t lb = l * d.B + b;
-          placed[l] = place_pixel<scalar_t>(sprites + lb * S, hw, C, d.h, d.w, theta + lb * 6, basis, i, j, d.W,
-                                            noise ? noise + lb * HW + p : nullptr, col.data() + l * C);
-          m[l] = placed[l].mask;
-        }
-        const scalar_t* bgp = bg ? bg + b * C * HW + p : nullptr;
-        composite_pixel<scalar_t>(occ + b, d.B, m, col.data(), C, 1, bgp, HW, static_cast<int>(L), C, gout.data(), 1);
-        for (int64_t c = 0; c < C; ++c) {
-          const scalar_t diff = gout[c] - x[(b * C + c) * HW + p];
-          sse += static_cast<double>(diff) * static_cast<double>(diff);
-          gout[c] = grads ? scalar_t(2) * diff * grads->scale : scalar_t(0);
-        }
-        if (grads == nullptr) continue;
-        if (grads->dx) {
-          for (int64_t c = 0; c < C; ++c) grads->dx[(b * C + c) * HW + p] = -gout[c];
-        }
-        std::fill(dcol.begin(), dcol.end(), scalar_t(0));
-        composite_backward<scalar_t>(occ + b, d.B, m, col.data(), C, 1, bgp, HW, static_cast<int>(L), C,
-                                     gout.data(), 1, dm, dcol.data(), grads->docc ? docc_local.data() : nullptr,
-                                     grads->dbg ? grads->dbg + b * C * HW + p : nullptr);
-        for (int64_t l = 0; l < L; ++l) {
-          const int64_t lb = l * d.B + b;
-          const scalar_t dn = place_pixel_backward<scalar_t>(
-              placed[l], sprites + lb * S, hw, C, theta + lb * 6, basis, i, j, d.W,
-              noise ? noise + lb * HW + p : nullptr, dcol.data() + l * C, dm[l],
-              grads->dsprites ? grads->dsprites + lb * S : nullptr, grads->dtheta ? grads->dtheta + lb * 6 : nullptr);
-          if (grads->dnoise) grads->dnoise[lb * HW + p] = dn;
-        }
+double scalar_render_image(const RenderArgs<scalar_t>& d, int64_t b, const RenderGradPointers<scalar_t>* grads) {
+  const int64_t L = d.L, C = d.C, HW = d.H * d.W, hw = d.h * d.w, S = (C + d.E) * hw;
+  std::vector<scalar_t> col(L * C), dcol(L * C), gout(C), docc_local(L * L, scalar_t(0));
+  std::vector<Placed<scalar_t>> placed(L);
+  scalar_t m[kMaxLayers], dm[kMaxLayers];
+  double sse = 0;
+  for (int64_t i = 0; i < d.H; ++i) {
+    for (int64_t j = 0; j < d.W; ++j) {
+      const int64_t p = i * d.W + j;
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t lb = l * d.B + b;
+        placed[l] = place_pixel<scalar_t>(d.sprites + lb * S, hw, C, d.h, d.w, d.theta + lb * 6, d.basis, i, j, d.W,
+                                          d.noise ? d.noise + lb * HW + p : nullptr, col.data() + l * C);
+        m[l] = placed[l].mask;
+      }
+      const scalar_t* bgp = d.bg ? d.bg + b * C * HW + p : nullptr;
+      composite_pixel<scalar_t>(d.occ + b, d.B, m, col.data(), C, 1, bgp, HW, static_cast<int>(L), C, gout.data(),
+                                1);
+      for (int64_t c = 0; c < C; ++c) {
+        const scalar_t diff = gout[c] - d.x[(b * C + c) * HW + p];
+        sse += static_cast<double>(diff) * static_cast<double>(diff);
+        gout[c] = grads ? scalar_t(2) * diff * grads->scale : scalar_t(0);
+      }
+      if (grads == nullptr) continue;
+      if (grads->dx) {
+        for (int64_t c = 0; c < C; ++c) grads->dx[(b * C + c) * HW + p] = -gout[c];
+      }
+      std::fill(dcol.begin(), dcol.end(), scalar_t(0));
+      composite_backward<scalar_t>(d.occ + b, d.B, m, col.data(), C, 1, bgp, HW, static_cast<int>(L), C,
+                                   gout.data(), 1, dm, dcol.data(), grads->docc ? docc_local.data() : nullptr,
+                                   grads->dbg ? grads->dbg + b * C * HW + p : nullptr);
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t lb = l * d.B + b;
+        const scalar_t dn = place_pixel_backward<scalar_t>(
+            placed[l], d.sprites + lb * S, hw, C, d.theta + lb * 6, d.basis, i, j, d.W,
+            d.noise ? d.noise + lb * HW + p : nullptr, dcol.data() + l * C, dm[l],
+            grads->dsprites ? grads->dsprites + lb * S : nullptr, grads->dtheta ? grads->dtheta + lb * 6 : nullptr);
+        if (grads->dnoise) grads->dnoise[lb * HW + p] = dn;
       }
     }
-    if (grads != nullptr && grads->docc) {
-      for (int64_t jk = 0; jk < L * L; ++jk) grads->docc[jk * d.B + b] = docc_local[jk];
-    }
-    return sse;
   }
-};
+  if (grads != nullptr && grads->docc) {
+    for (int64_t jk = 0; jk < L * L; ++jk) grads->docc[jk * d.B + b] = docc_local[jk];
+  }
+  return sse;
+}
+
+// The vector passes address sprite taps by y * w + x computed in T (warp_simd.h vec_taps), exact below 2^24
+// in float; larger sprites take the scalar pass.
+template <typename T>
+RenderKernels<T> kernels_for(const RenderArgs<T>& a) {
+#if DTIFAST_X86_SIMD
+  const double limit = sizeof(T) == 4 ? 16777216.0 : 4503599627370496.0;
+  if (static_cast<double>(a.h + 2) * static_cast<double>(a.w + 2) < limit) {
+    switch (cpu_capability()) {
+      case CpuCapability::kAvx512:
+        return render_kernels_avx512<T>();
+      case CpuCapability::kAvx2:
+        return render_kernels_avx2<T>();
+      case CpuCapability::kScalar:
+        break;
+    }
+  }
+#endif
+  return {&scalar_render_image<T>};
+}
 
 template <typename scalar_t>
-RenderPass<scalar_t> make_pass(const Dims& d, const at::Tensor& x, const at::Tensor& sprites, const at::Tensor& theta,
-                               const at::Tensor& occ, const at::Tensor& bg, const at::Tensor& noise,
-                               const at::Tensor& basis) {
-  return {d,
+RenderArgs<scalar_t> render_args(const Dims& d, const at::Tensor& x, const at::Tensor& sprites,
+                                 const at::Tensor& theta, const at::Tensor& occ, const at::Tensor& bg,
+                                 const at::Tensor& noise, const at::Tensor& basis) {
+  return {d.L,
+          d.B,
+          d.C,
+          d.E,
+          d.H,
+          d.W,
+          d.h,
+          d.w,
           x.const_data_ptr<scalar_t>(),
           sprites.const_data_ptr<scalar_t>(),
           theta.const_data_ptr<scalar_t>(),
@@ -105,9 +126,10 @@ at::Tensor render_loss_cpu(const at::Tensor& x_in, const at::Tensor& sprites_in,
   at::Tensor loss = at::empty({}, x.options());
   std::vector<double> partial(d.B, 0.0);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "render_loss_cpu", [&] {
-    const auto pass = make_pass<scalar_t>(d, x, sprites, theta, occ, bg, noise, basis);
+    const auto args = render_args<scalar_t>(d, x, sprites, theta, occ, bg, noise, basis);
+    const RenderKernels<scalar_t> kernels = kernels_for(args);
     at::parallel_for(0, d.B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) partial[b] = pass.image(b, nullptr);
+      for (int64_t b = begin; b < end; ++b) partial[b] = kernels.image(args, b, nullptr);
     });
     double total = 0;
     for (double v : partial) total += v;
@@ -131,13 +153,14 @@ std::vector<at::Tensor> render_loss_backward_cpu(const at::Tensor& grad, const a
   RenderGrads g = render_grad_buffers(x, sprites, theta, occ, bg, noise, need_x, need_sprites, need_theta, need_occ,
                                       need_bg, need_noise);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "render_loss_backward_cpu", [&] {
-    const auto pass = make_pass<scalar_t>(d, x, sprites, theta, occ, bg, noise, basis);
+    const auto args = render_args<scalar_t>(d, x, sprites, theta, occ, bg, noise, basis);
+    const RenderKernels<scalar_t> kernels = kernels_for(args);
     auto ptr = [](at::Tensor& t) { return t.numel() ? t.mutable_data_ptr<scalar_t>() : nullptr; };
-    const typename RenderPass<scalar_t>::Grads grads{
+    const RenderGradPointers<scalar_t> grads{
         static_cast<scalar_t>(grad.item<double>() / static_cast<double>(std::max<int64_t>(d.B * d.C * d.H * d.W, 1))),
         ptr(g.x), ptr(g.sprites), ptr(g.theta), ptr(g.occ), ptr(g.bg), ptr(g.noise)};
     at::parallel_for(0, d.B, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) pass.image(b, &grads);
+      for (int64_t b = begin; b < end; ++b) kernels.image(args, b, &grads);
     });
   });
   return g.list();

@@ -8,7 +8,9 @@ results on 1 and 2 threads:
 * warps: every kind, padding, with and without ``index=``, at output widths that leave a partial vector
   (1, 7, 13, 17) or span several row chunks (70); input and transform gradients;
 * compositing (``composite_layers``, ``composite_candidates``): with and without backgrounds, at pixel
-  counts that leave a partial vector or span several work chunks of 2048 pixels; every input's gradient.
+  counts that leave a partial vector or span several work chunks of 2048 pixels; every input's gradient;
+* the render loss: with and without mask noise and background, sprites partly outside the image, at the
+  warps' output widths; the loss and every input's gradient.
 
 A path this CPU cannot run is skipped with the missing instruction sets named.
 """
@@ -218,6 +220,52 @@ def test_composite_vector_path_is_thread_count_independent(op, name):
     def run():
         with cpu_capability(name):
             return COMPOSITES[op](47, 90, torch.float32)
+
+    one, two = run_per_thread_count(run, (1, 2))
+    assert_bitwise_equal(one, two)
+
+
+def _render_loss(width: int, dtype: torch.dtype, noise: bool, background: bool):
+    """Render loss and the gradient of every input; layer 0 of image 0 is a small sprite, the others are
+    shifted partly out of the (9, width) image."""
+    g = torch.Generator().manual_seed(width)
+    L, B, C, H, h, w = 3, 2, 3, 9, 6, 5
+    sprites = torch.rand(L, B, C + 1 + noise, h, w, generator=g, dtype=torch.float64)
+    sprites[:, :, C][sprites[:, :, C] > 0.6] = 1.0
+    params = 0.6 * torch.randn(L, B, 3, generator=g, dtype=torch.float64)
+    params[0, 0] = torch.tensor([2.0, 0.3, -0.2])
+    occ = torch.rand(L, L, B, generator=g, dtype=torch.float64)
+    bg = torch.rand(B, C, H, width, generator=g, dtype=torch.float64) if background else None
+    nz = 0.4 * (2 * torch.rand(L, B, 1, H, width, generator=g, dtype=torch.float64) - 1) if noise else None
+    x = torch.rand(B, C, H, width, generator=g, dtype=torch.float64)
+    inputs = [None if t is None else t.to(dtype).requires_grad_() for t in (x, sprites, params, occ, bg, nz)]
+    loss = ops.render_loss(*inputs, backend="cpu")
+    present = [t for t in inputs if t is not None]
+    grads = iter(torch.autograd.grad(loss, present))
+    return [loss.detach()] + [None if t is None else next(grads) for t in inputs]
+
+
+@pytest.mark.parametrize("name", VECTOR_PATHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("noise,background", [(True, True), (False, True), (True, False), (False, False)])
+def test_render_loss_vector_path_matches_scalar(noise, background, width, dtype, name):
+    with cpu_capability("scalar"):
+        expected = _render_loss(width, dtype, noise, background)
+    with cpu_capability(name):
+        actual = _render_loss(width, dtype, noise, background)
+    names = ("loss", "x", "sprites", "params", "occlusion", "background", "noise")
+    for what, a, e in zip(names, actual, expected):
+        assert (a is None) == (e is None)
+        if e is not None:
+            assert_close(a, e, dtype, f"{name} render loss: {what}", scale=0.1)
+
+
+@pytest.mark.parametrize("name", VECTOR_PATHS)
+def test_render_loss_vector_path_is_thread_count_independent(name):
+    def run():
+        with cpu_capability(name):
+            return _render_loss(70, torch.float32, True, True)
 
     one, two = run_per_thread_count(run, (1, 2))
     assert_bitwise_equal(one, two)

@@ -1,7 +1,8 @@
-// The vector warp and compositing kernels (../warp_simd.h, ../composite_simd.h) built for AVX2 + FMA;
-// cpu_capability.cpp picks them on CPUs that have both. setup.py compiles every source with the same flags,
-// so the instruction set comes from the target pragma instead of -mavx2: the code compiled after it, ATen's
-// 256-bit Vectorized (chosen by CPU_CAPABILITY_AVX2) included, may use those instructions.
+// The vector warp, compositing and render-loss kernels (../warp_simd.h, ../composite_simd.h,
+// ../render_simd.h) built for AVX2 + FMA; cpu_capability.cpp picks them on CPUs that have both. setup.py
+// compiles every source with the same flags, so the instruction set comes from the target pragma instead of
+// -mavx2: the code compiled after it, ATen's 256-bit Vectorized (chosen by CPU_CAPABILITY_AVX2) included,
+// may use those instructions.
 #include "../cpu_capability.h"
 
 #if DTIFAST_X86_SIMD
@@ -12,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <new>
+#include <vector>
 
 #include "../warp_kernel.h"
 
@@ -28,6 +30,7 @@
 #pragma GCC diagnostic ignored "-Wunknown-pragmas"
 #pragma GCC diagnostic ignored "-Wpsabi"
 #include "../composite_simd.h"
+#include "../render_simd.h"
 #include "../warp_simd.h"
 
 namespace dtifast {
@@ -50,6 +53,16 @@ CompositeKernels<float> composite_kernels_avx2<float>() {
 template <>
 CompositeKernels<double> composite_kernels_avx2<double>() {
   return vec_composite_kernels<double>();
+}
+
+template <>
+RenderKernels<float> render_kernels_avx2<float>() {
+  return vec_render_kernels<float>();
+}
+
+template <>
+RenderKernels<double> render_kernels_avx2<double>() {
+  return vec_render_kernels<double>();
 }
 
 }  // namespace dtifast
