@@ -8,7 +8,7 @@ eager). Op cases, training step and timers are :mod:`dtifast.bench`'s, so these 
 
 Usage::
 
-    python benchmarks/bench_native_cpu.py [--configs dsprites clevr6] [--batch 8] [--repeats 3]
+    python benchmarks/bench_native_cpu.py [--configs tetro dsprites ...] [--batch 8] [--repeats 3]
         [--ops warp_position warp_tps ...] [--no-step] [--out benchmarks/results/native_cpu.md]
 
 ``--ops`` and ``--no-step`` measure a subset (e.g. while tuning one kernel); write such a partial run to
@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 
 from dtifast.bench.machine import machine_info, peak_memory, time_call
-from dtifast.bench.ops import OP_CASES, Skip, prepare, shapes_for
+from dtifast.bench.ops import ALL_CONFIGS, OP_CASES, Skip, prepare, shapes_for
 from dtifast.bench.train_step import TrainStep
 from dtifast.ops._backend import implements
 
@@ -35,6 +35,7 @@ from dtifast.ops._backend import implements
 PROVIDERS = ("torch", "cpu")
 CPU = torch.device("cpu")
 NATIVE_OPS = [op for op in OP_CASES if implements("cpu", op, CPU)]
+DEFAULT_CONFIGS = list(ALL_CONFIGS)
 
 
 def _speedup(base: Optional[float], new: Optional[float]) -> str:
@@ -69,11 +70,15 @@ def bench_ops(config: str, batch: int, repeats: int, ops: list[str]) -> list[str
 
 
 def bench_step(config: str, batch: int, repeats: int) -> dict[str, float]:
-    """Median seconds of one training step per provider."""
+    """Median seconds of one training step per provider, and of its encoder's forward and backward alone
+    (``"encoder"``: the same torch code on every provider, so the step cannot beat eager by more than
+    eager / encoder)."""
     out = {}
     for provider in PROVIDERS:
         step = TrainStep(config, provider, batch, CPU)
         out[provider] = time_call(step, CPU, warmup=1, repeats=repeats).median
+    out["encoder"] = time_call(lambda: step.model.encoder(step.x).sum().backward(), CPU, warmup=1,
+                               repeats=repeats).median
     return out
 
 
@@ -94,8 +99,11 @@ def _rss_probe(config: str, provider: str, batch: int) -> None:
 def _step_rows(configs: list[str], batch: int, repeats: int) -> list[str]:
     """The training-step section: time and peak-RSS growth per image of both providers per config."""
     lines = ["", f"## Training step (forward, backward, Adam) at batch {batch}", "",
-                "| config | eager ms | C++ ms | speedup | eager RSS growth / image | C++ RSS growth / image | ratio |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
+             "`encoder ms`: the encoder's forward and backward alone, the same torch code in both steps; "
+             "`bound`: eager ms / encoder ms, the speed-up of a step whose every other part took no time.", "",
+             "| config | eager ms | C++ ms | speedup | encoder ms | bound | eager RSS growth / image | "
+             "C++ RSS growth / image | ratio |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for config in configs:
         t = bench_step(config, batch, repeats)
         per_image = {}
@@ -106,6 +114,7 @@ def _step_rows(configs: list[str], batch: int, repeats: int) -> list[str]:
         ratio = (f"1/{per_image['torch'] / per_image['cpu']:.1f}"
                  if per_image["torch"] and per_image["cpu"] and per_image["cpu"] > 0 else "–")
         lines.append(f"| {config} | {_ms(t['torch'])} | {_ms(t['cpu'])} | {_speedup(t['torch'], t['cpu'])} | "
+                     f"{_ms(t['encoder'])} | {_speedup(t['torch'], t['encoder'])} | "
                      f"{mib['torch']} | {mib['cpu']} | {ratio} |")
         print(lines[-1], flush=True)
     return lines
@@ -113,7 +122,7 @@ def _step_rows(configs: list[str], batch: int, repeats: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", nargs="+", default=["dsprites", "clevr6"])
+    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ops", nargs="+", default=NATIVE_OPS, choices=NATIVE_OPS, metavar="OP",

@@ -293,9 +293,11 @@ class DTISprites(nn.Module):
     def _image_space(self, c: _Candidates) -> tuple[torch.Tensor, torch.Tensor]:
         """Image-space colours ``(L, K, B, C, H, W)`` and masks (only for models without a layer warp)."""
         C = self.n_channels
-        colors, masks = c.sprites[:, :, :, :C], c.sprites[:, :, :, C:C + 1]
+        # One split, not three slices: its backward is one concatenation, where each slice's would zero a
+        # gradient of the whole sprite tensor and the three would then be added.
+        colors, masks, canvas = c.sprites.split([C, 1, c.sprites.shape[3] - C - 1], dim=3)
         if c.noise is not None:
-            masks = ops.softclip(masks + c.sprites[:, :, :, C + 1:] * c.noise[None, :, None], backend=self.backend)
+            masks = ops.softclip(masks + canvas * c.noise[None, :, None], backend=self.backend)
         return colors, masks
 
     def _select(self, x: torch.Tensor, c: _Candidates) -> torch.Tensor:
@@ -339,10 +341,10 @@ class DTISprites(nn.Module):
                                               flat_noise, backend=self.backend)
             return colors.view(L, B, *colors.shape[1:]), masks.view(L, B, *masks.shape[1:])
         C = self.n_channels
-        masks = chosen[:, :, C:C + 1]
+        colors, masks, canvas = chosen.split([C, 1, chosen.shape[2] - C - 1], dim=2)  # see _image_space
         if noise is not None:
-            masks = ops.softclip(masks + chosen[:, :, C + 1:] * noise, backend=self.backend)
-        return chosen[:, :, :C], masks
+            masks = ops.softclip(masks + canvas * noise, backend=self.backend)
+        return colors, masks
 
     def forward(self, x: torch.Tensor, mask_noise: Optional[torch.Tensor] = None) -> ModelOutput:
         """Loss of a batch.
