@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -39,11 +40,19 @@ DEFAULT_CONFIGS = list(ALL_CONFIGS)
 
 
 def _speedup(base: Optional[float], new: Optional[float]) -> str:
-    return f"{base / new:.1f}×" if base and new else "–"
+    if not (base and new):
+        return "–"
+    ratio = base / new
+    return f"{ratio:.1f}×" if ratio >= 0.1 else f"{ratio:.2g}×"
 
 
 def _ms(t: Optional[float]) -> str:
-    return f"{t * 1e3:.1f}" if t is not None else "–"
+    """Milliseconds to three significant digits (at least one decimal), fixed-point."""
+    if t is None:
+        return "–"
+    ms = t * 1e3
+    decimals = max(1, 2 - math.floor(math.log10(ms))) if ms > 0 else 1
+    return f"{ms:.{decimals}f}"
 
 
 def bench_ops(config: str, batch: int, repeats: int, ops: list[str]) -> list[str]:

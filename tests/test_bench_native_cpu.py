@@ -1,0 +1,48 @@
+"""`benchmarks/bench_native_cpu.py` (C++ kernels vs eager) at tiny sizes: the table it writes and the
+training-step figures with the encoder's bound. No timing assertions: the figures depend on the machine."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_native_cpu.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_native_cpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_writes_one_row_per_op_and_mode(tmp_path):
+    out = tmp_path / "native.md"
+    subprocess.run([sys.executable, str(SCRIPT), "--configs", "gtsrb8", "--batch", "1", "--repeats", "1",
+                    "--ops", "composite_candidates", "softclip", "--no-step", "--out", str(out)],
+                   check=True, capture_output=True, text=True)
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| gtsrb8")]
+    assert sorted((r[1].strip(), r[2].strip()) for r in rows) == [
+        ("composite_candidates", "fwd"), ("composite_candidates", "fwd+bwd"), ("softclip", "fwd"),
+        ("softclip", "fwd+bwd")]
+    for row in rows:
+        eager, native, speedup = (cell.strip() for cell in row[3:6])
+        assert float(eager) > 0 and float(native) > 0
+        assert speedup.endswith("×") and float(speedup[:-1]) > 0
+
+
+def test_step_times_both_providers_and_the_encoder(bench):
+    t = bench.bench_step("gtsrb8", 1, 1)
+    assert set(t) == {"torch", "cpu", "encoder"}
+    assert all(v > 0 for v in t.values())
+    # The encoder is part of the step: its time alone cannot exceed the eager step's by much.
+    assert t["encoder"] < 2 * t["torch"]
+
+
+def test_every_config_is_measured_by_default(bench):
+    from dtifast.bench.ops import ALL_CONFIGS
+    assert bench.DEFAULT_CONFIGS == list(ALL_CONFIGS) and "instagram" in bench.DEFAULT_CONFIGS
