@@ -8,14 +8,20 @@
 //   dtifast::composite_candidates(layers, masks, backgrounds) -> out
 //   dtifast::composite_candidates_backward(grad, layers, masks, backgrounds, need_layers, need_masks,
 //                                          need_backgrounds) -> (dlayers, dmasks, dbackgrounds)
+//   dtifast::candidate_distances(layers, masks, backgrounds, x) -> distances
+//   dtifast::candidate_distances_backward(grad, layers, masks, backgrounds, x, need_layers, need_masks,
+//                                         need_backgrounds, need_x) -> (dlayers, dmasks, dbackgrounds, dx)
 //
 // composite_layers: layers (L, B, C, H, W), masks (L, B, 1, H, W), occlusion (L, L, B), background
 // (B, C, H, W) or None. composite_candidates: layers (K, B, C, H, W), masks (K, B, 1, H, W), backgrounds
-// (M, B, C, H, W) or None (black) -> (B, M * K, C, H, W), candidate m * K + k; CPU only (the CUDA backend
-// composites each candidate as one layer, dtifast/ops/composite.py).
+// (M, B, C, H, W) or None (black) -> (B, M * K, C, H, W), candidate m * K + k; candidate_distances: the
+// mean squared error of each candidate against x (B, C, H, W) -> (B, M * K), in one pass without the
+// candidates (the backward recomputes them). Both read layers and masks whose (C, H, W) blocks are dense in
+// place (views split from one sprite tensor); CPU only (the CUDA backend composites each candidate as one
+// layer, dtifast/ops/composite.py).
 // Work is split into fixed pixel chunks of each image. Every pixel's gradients belong to its chunk; the
-// occlusion gradient is summed per chunk and the chunks are added in order, so the result is the same for
-// any number of threads.
+// occlusion gradient and the squared errors are summed per chunk and the chunks are added in order, so the
+// result is the same for any number of threads.
 #include <torch/library.h>
 
 #include "checks.h"
@@ -137,16 +143,31 @@ int64_t check_candidates(const at::Tensor& layers, const at::Tensor& masks,
   return backgrounds->size(0);
 }
 
+// t (K, B, C, H, W) itself when each (k, b) block of C * H * W values is contiguous (a slice of a larger
+// sprite tensor along C, an expanded tensor), else a contiguous copy: the kernels read blocks in place.
+at::Tensor with_dense_blocks(const at::Tensor& t) {
+  const int64_t HW = t.size(3) * t.size(4);
+  const bool dense = (t.size(4) <= 1 || t.stride(4) == 1) && (t.size(3) <= 1 || t.stride(3) == t.size(4)) &&
+                     (t.size(2) <= 1 || t.stride(2) == HW);
+  return dense ? t : t.contiguous();
+}
+
+template <typename T>
+CandidateArgs<T> candidate_args(const at::Tensor& layers, const at::Tensor& masks, const T* bgs, int64_t M) {
+  return {layers.const_data_ptr<T>(), masks.const_data_ptr<T>(), bgs, layers.size(0), M, layers.size(1),
+          layers.size(2), layers.size(3) * layers.size(4), layers.stride(0), layers.stride(1), masks.stride(0),
+          masks.stride(1)};
+}
+
 at::Tensor candidates_cpu(const at::Tensor& layers_in, const at::Tensor& masks_in,
                           const std::optional<at::Tensor>& bgs_in) {
   const int64_t M = check_candidates(layers_in, masks_in, bgs_in);
-  const at::Tensor layers = layers_in.contiguous(), masks = masks_in.contiguous();
+  const at::Tensor layers = with_dense_blocks(layers_in), masks = with_dense_blocks(masks_in);
   const int64_t K = layers.size(0), B = layers.size(1), C = layers.size(2), HW = layers.size(3) * layers.size(4);
   at::Tensor out = at::empty({B, M * K, C, layers.size(3), layers.size(4)}, layers.options());
   at::Tensor bgs_holder;
   AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "composite_candidates_cpu", [&] {
-    const CandidateArgs<scalar_t> a{layers.const_data_ptr<scalar_t>(), masks.const_data_ptr<scalar_t>(),
-                                    optional_ptr<scalar_t>(bgs_in, bgs_holder), K, M, B, C, HW};
+    const auto a = candidate_args<scalar_t>(layers, masks, optional_ptr<scalar_t>(bgs_in, bgs_holder), M);
     const CompositeKernels<scalar_t> kernels = kernels_for<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     for_each_chunk(B, HW,
@@ -159,20 +180,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> candidates_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& layers_in, const at::Tensor& masks_in,
     const std::optional<at::Tensor>& bgs_in, bool need_layers, bool need_masks, bool need_bgs) {
   const int64_t M = check_candidates(layers_in, masks_in, bgs_in);
-  const at::Tensor layers = layers_in.contiguous(), masks = masks_in.contiguous();
+  const at::Tensor layers = with_dense_blocks(layers_in), masks = with_dense_blocks(masks_in);
   const int64_t K = layers.size(0), B = layers.size(1), C = layers.size(2), HW = layers.size(3) * layers.size(4);
   check_like(grad_in, "grad", layers);
   check_sizes(grad_in, "grad", {B, M * K, C, layers.size(3), layers.size(4)});
   const at::Tensor grad = grad_in.contiguous();
   need_bgs = need_bgs && bgs_in.has_value();
   const auto opts = layers.options();
-  at::Tensor dlayers = need_layers ? at::empty_like(layers) : at::empty({0}, opts);
-  at::Tensor dmasks = need_masks ? at::empty_like(masks) : at::empty({0}, opts);
+  at::Tensor dlayers = need_layers ? at::empty(layers.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor dmasks = need_masks ? at::empty(masks.sizes(), opts) : at::empty({0}, opts);
   at::Tensor dbgs = need_bgs ? at::empty_like(*bgs_in, at::MemoryFormat::Contiguous) : at::empty({0}, opts);
   at::Tensor bgs_holder;
   AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "composite_candidates_backward_cpu", [&] {
-    const CandidateArgs<scalar_t> a{layers.const_data_ptr<scalar_t>(), masks.const_data_ptr<scalar_t>(),
-                                    optional_ptr<scalar_t>(bgs_in, bgs_holder), K, M, B, C, HW};
+    const auto a = candidate_args<scalar_t>(layers, masks, optional_ptr<scalar_t>(bgs_in, bgs_holder), M);
     const CompositeKernels<scalar_t> kernels = kernels_for<scalar_t>();
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t *dxs = ptr_or_null<scalar_t>(dlayers), *dms = ptr_or_null<scalar_t>(dmasks),
@@ -182,6 +202,76 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> candidates_backward_cpu(
     });
   });
   return {dlayers, dmasks, dbgs};
+}
+
+// x (B, C, H, W) against the candidates of composite_candidates -> (B, M * K) mean squared errors.
+void check_distances(const at::Tensor& layers, const at::Tensor& x) {
+  check_like(x, "x", layers);
+  check_sizes(x, "x", {layers.size(1), layers.size(2), layers.size(3), layers.size(4)});
+}
+
+at::Tensor distances_cpu(const at::Tensor& layers_in, const at::Tensor& masks_in,
+                         const std::optional<at::Tensor>& bgs_in, const at::Tensor& x_in) {
+  const int64_t M = check_candidates(layers_in, masks_in, bgs_in);
+  check_distances(layers_in, x_in);
+  const at::Tensor layers = with_dense_blocks(layers_in), masks = with_dense_blocks(masks_in), x = x_in.contiguous();
+  const int64_t K = layers.size(0), B = layers.size(1), C = layers.size(2), HW = layers.size(3) * layers.size(4);
+  const int64_t chunks = (HW + kChunk - 1) / kChunk;
+  // (B, chunks, M * K) partial sums, added over the chunks in order: the same result on any thread count.
+  at::Tensor parts = at::zeros({B * chunks, M * K}, layers.options());
+  at::Tensor out = at::empty({B, M * K}, layers.options());
+  at::Tensor bgs_holder;
+  AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "candidate_distances_cpu", [&] {
+    const auto a = candidate_args<scalar_t>(layers, masks, optional_ptr<scalar_t>(bgs_in, bgs_holder), M);
+    const CompositeKernels<scalar_t> kernels = kernels_for<scalar_t>();
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    scalar_t* sse = parts.mutable_data_ptr<scalar_t>();
+    for_each_chunk(B, HW, [&](int64_t b, int64_t p0, int64_t p1, int64_t item) {
+      kernels.distances_forward(a, xp, b, p0, p1, sse + item * M * K);
+    });
+    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    const scalar_t count = static_cast<scalar_t>(std::max<int64_t>(C * HW, 1));
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = 0; j < M * K; ++j) {
+        scalar_t total = 0;
+        for (int64_t ch = 0; ch < chunks; ++ch) total += sse[(b * chunks + ch) * M * K + j];
+        dst[b * M * K + j] = total / count;
+      }
+    }
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distances_backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& layers_in, const at::Tensor& masks_in,
+    const std::optional<at::Tensor>& bgs_in, const at::Tensor& x_in, bool need_layers, bool need_masks,
+    bool need_bgs, bool need_x) {
+  const int64_t M = check_candidates(layers_in, masks_in, bgs_in);
+  check_distances(layers_in, x_in);
+  const at::Tensor layers = with_dense_blocks(layers_in), masks = with_dense_blocks(masks_in), x = x_in.contiguous();
+  const int64_t K = layers.size(0), B = layers.size(1), C = layers.size(2), HW = layers.size(3) * layers.size(4);
+  check_like(grad_in, "grad", layers);
+  check_sizes(grad_in, "grad", {B, M * K});
+  const at::Tensor grad = grad_in.contiguous();
+  need_bgs = need_bgs && bgs_in.has_value();
+  const auto opts = layers.options();
+  at::Tensor dlayers = need_layers ? at::empty(layers.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor dmasks = need_masks ? at::empty(masks.sizes(), opts) : at::empty({0}, opts);
+  at::Tensor dbgs = need_bgs ? at::empty_like(*bgs_in, at::MemoryFormat::Contiguous) : at::empty({0}, opts);
+  at::Tensor dx = need_x ? at::empty_like(x) : at::empty({0}, opts);
+  at::Tensor bgs_holder;
+  AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "candidate_distances_backward_cpu", [&] {
+    const auto a = candidate_args<scalar_t>(layers, masks, optional_ptr<scalar_t>(bgs_in, bgs_holder), M);
+    const CompositeKernels<scalar_t> kernels = kernels_for<scalar_t>();
+    const scalar_t scale = scalar_t(1) / static_cast<scalar_t>(std::max<int64_t>(C * HW, 1));
+    const scalar_t *g = grad.const_data_ptr<scalar_t>(), *xp = x.const_data_ptr<scalar_t>();
+    scalar_t *dxs = ptr_or_null<scalar_t>(dlayers), *dms = ptr_or_null<scalar_t>(dmasks),
+             *dbg = ptr_or_null<scalar_t>(dbgs), *dxp = ptr_or_null<scalar_t>(dx);
+    for_each_chunk(B, HW, [&](int64_t b, int64_t p0, int64_t p1, int64_t) {
+      kernels.distances_backward(a, xp, g, scale, b, p0, p1, dxs, dms, dbg, dxp);
+    });
+  });
+  return {dlayers, dmasks, dbgs, dx};
 }
 
 }  // namespace
@@ -196,6 +286,10 @@ TORCH_LIBRARY_FRAGMENT(dtifast, m) {
   m.def(
       "composite_candidates_backward(Tensor grad, Tensor layers, Tensor masks, Tensor? backgrounds, "
       "bool need_layers, bool need_masks, bool need_backgrounds) -> (Tensor, Tensor, Tensor)");
+  m.def("candidate_distances(Tensor layers, Tensor masks, Tensor? backgrounds, Tensor x) -> Tensor");
+  m.def(
+      "candidate_distances_backward(Tensor grad, Tensor layers, Tensor masks, Tensor? backgrounds, Tensor x, "
+      "bool need_layers, bool need_masks, bool need_backgrounds, bool need_x) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(dtifast, CPU, m) {
@@ -203,6 +297,8 @@ TORCH_LIBRARY_IMPL(dtifast, CPU, m) {
   m.impl("composite_layers_backward", &composite_backward_cpu);
   m.impl("composite_candidates", &candidates_cpu);
   m.impl("composite_candidates_backward", &candidates_backward_cpu);
+  m.impl("candidate_distances", &distances_cpu);
+  m.impl("candidate_distances_backward", &distances_backward_cpu);
 }
 
 }  // namespace dtifast

@@ -31,14 +31,20 @@ struct CompositeArgs {
   int64_t L, B, C, HW;
 };
 
-// composite_candidates: layers (K, B, C, HW), masks (K, B, HW), bgs (M, B, C, HW) or null (then M = 1, a
-// black background); output (B, M * K, C, HW), candidate m * K + k.
+// composite_candidates and candidate_distances: layers (K, B, C, HW), masks (K, B, HW), bgs (M, B, C, HW)
+// or null (then M = 1, a black background); candidate m * K + k. Layer (k, b) starts at k * lk + b * lb and
+// mask (k, b) at k * mk + b * mb (views of a larger sprite tensor are read in place); everything else,
+// gradients included, is contiguous.
 template <typename T>
 struct CandidateArgs {
   const T* layers;
   const T* masks;
   const T* bgs;
   int64_t K, M, B, C, HW;
+  int64_t lk, lb, mk, mb;
+
+  const T* layer(int64_t k, int64_t b) const { return layers + k * lk + b * lb; }
+  const T* mask(int64_t k, int64_t b) const { return masks + k * mk + b * mb; }
 };
 
 template <typename T>
@@ -50,6 +56,11 @@ struct CompositeKernels {
   void (*candidates_forward)(const CandidateArgs<T>& a, int64_t b, int64_t p0, int64_t p1, T* out);
   void (*candidates_backward)(const CandidateArgs<T>& a, const T* grad, int64_t b, int64_t p0, int64_t p1,
                               T* dlayers, T* dmasks, T* dbgs);
+  // Adds every candidate's sum of squared errors against x (B, C, HW) over the pixels into sse (M * K).
+  void (*distances_forward)(const CandidateArgs<T>& a, const T* x, int64_t b, int64_t p0, int64_t p1, T* sse);
+  // grad (B, M * K) of the distances sse / (C * HW) (scale = 1 / (C * HW)); writes the pixels' gradients.
+  void (*distances_backward)(const CandidateArgs<T>& a, const T* x, const T* grad, T scale, int64_t b, int64_t p0,
+                             int64_t p1, T* dlayers, T* dmasks, T* dbgs, T* dx);
 };
 
 // n packs on the heap, aligned for V (std::vector's allocator does not align a Vectorized of 32 or 64 bytes).
@@ -155,9 +166,9 @@ void pack_candidates_forward(const CandidateArgs<typename Pack::T>& a, int64_t b
   for (int64_t p = p0; p < p1; p += Pack::kLanes) {
     const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
     for (int64_t k = 0; k < K; ++k) {
-      const V mk = Pack::load(a.masks + (k * B + b) * HW + p, n), keep = V(T(1)) - mk;
+      const V mk = Pack::load(a.mask(k, b) + p, n), keep = V(T(1)) - mk;
       for (int64_t c = 0; c < C; ++c) {
-        const V fg = mk * Pack::load(a.layers + ((k * B + b) * C + c) * HW + p, n);
+        const V fg = mk * Pack::load(a.layer(k, b) + c * HW + p, n);
         for (int64_t mi = 0; mi < M; ++mi) {
           T* o = out + ((b * M * K + mi * K + k) * C + c) * HW + p;
           Pack::store(o, a.bgs ? keep * Pack::load(a.bgs + ((mi * B + b) * C + c) * HW + p, n) + fg : fg, n);
@@ -178,7 +189,7 @@ void pack_candidates_backward(const CandidateArgs<typename Pack::T>& a, const ty
   for (int64_t p = p0; p < p1; p += Pack::kLanes) {
     const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
     for (int64_t k = 0; k < K; ++k) {
-      const V mk = Pack::load(a.masks + (k * B + b) * HW + p, n);
+      const V mk = Pack::load(a.mask(k, b) + p, n);
       V dm(T(0));
       for (int64_t c = 0; c < C; ++c) {
         V gsum(T(0)), gbg(T(0));
@@ -187,7 +198,7 @@ void pack_candidates_backward(const CandidateArgs<typename Pack::T>& a, const ty
           gsum += g;
           if (a.bgs) gbg += g * Pack::load(a.bgs + ((mi * B + b) * C + c) * HW + p, n);
         }
-        const V x = Pack::load(a.layers + ((k * B + b) * C + c) * HW + p, n);
+        const V x = Pack::load(a.layer(k, b) + c * HW + p, n);
         if (dlayers) Pack::store(dlayers + ((k * B + b) * C + c) * HW + p, mk * gsum, n);
         dm += x * gsum - gbg;
       }
@@ -197,7 +208,7 @@ void pack_candidates_backward(const CandidateArgs<typename Pack::T>& a, const ty
       for (int64_t c = 0; c < C; ++c) {
         V acc(T(0));
         for (int64_t k = 0; k < K; ++k) {
-          const V keep = V(T(1)) - Pack::load(a.masks + (k * B + b) * HW + p, n);
+          const V keep = V(T(1)) - Pack::load(a.mask(k, b) + p, n);
           acc += Pack::load(grad + ((b * M * K + mi * K + k) * C + c) * HW + p, n) * keep;
         }
         Pack::store(dbgs + ((mi * B + b) * C + c) * HW + p, acc, n);
@@ -206,10 +217,83 @@ void pack_candidates_backward(const CandidateArgs<typename Pack::T>& a, const ty
   }
 }
 
+// Per candidate sum over the pixels of (out_mk - x)^2, out_mk as in pack_candidates_forward; summed per lane
+// in pixel order, then over the lanes.
+template <typename Pack>
+void pack_distances_forward(const CandidateArgs<typename Pack::T>& a, const typename Pack::T* x, int64_t b,
+                            int64_t p0, int64_t p1, typename Pack::T* sse) {
+  using T = typename Pack::T;
+  using V = typename Pack::V;
+  const int64_t K = a.K, M = a.M, C = a.C, HW = a.HW;
+  PackArray<V> acc(M * K);
+  for (int64_t j = 0; j < M * K; ++j) acc[j] = V(T(0));
+  for (int64_t p = p0; p < p1; p += Pack::kLanes) {
+    const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
+    for (int64_t k = 0; k < K; ++k) {
+      const V mk = Pack::load(a.mask(k, b) + p, n), keep = V(T(1)) - mk;
+      for (int64_t c = 0; c < C; ++c) {
+        const V fg = mk * Pack::load(a.layer(k, b) + c * HW + p, n), xc = Pack::load(x + (b * C + c) * HW + p, n);
+        for (int64_t mi = 0; mi < M; ++mi) {
+          const V out = a.bgs ? keep * Pack::load(a.bgs + ((mi * a.B + b) * C + c) * HW + p, n) + fg : fg;
+          const V e = out - xc;
+          acc[mi * K + k] += e * e;
+        }
+      }
+    }
+  }
+  for (int64_t j = 0; j < M * K; ++j) sse[j] += Pack::sum(acc[j]);
+}
+
+// With e_mk = out_mk - x and g_mk = 2 e_mk grad[b, mk] scale (the gradient of out_mk):
+//   d x_k = m_k sum_m g_mk;  d m_k = sum_c (x_k sum_m g_mk - sum_m g_mk bg_m);  d bg_m = sum_k g_mk (1 - m_k);
+//   d x = -sum_mk g_mk.
+template <typename Pack>
+void pack_distances_backward(const CandidateArgs<typename Pack::T>& a, const typename Pack::T* x,
+                             const typename Pack::T* grad, typename Pack::T scale, int64_t b, int64_t p0,
+                             int64_t p1, typename Pack::T* dlayers, typename Pack::T* dmasks, typename Pack::T* dbgs,
+                             typename Pack::T* dx) {
+  using T = typename Pack::T;
+  using V = typename Pack::V;
+  const int64_t K = a.K, M = a.M, B = a.B, C = a.C, HW = a.HW;
+  PackArray<V> two_g(M * K), dbg(M * C), dxc(C);
+  for (int64_t j = 0; j < M * K; ++j) two_g[j] = V(T(2) * grad[b * M * K + j] * scale);
+  for (int64_t p = p0; p < p1; p += Pack::kLanes) {
+    const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
+    for (int64_t j = 0; j < M * C; ++j) dbg[j] = V(T(0));
+    for (int64_t c = 0; c < C; ++c) dxc[c] = V(T(0));
+    for (int64_t k = 0; k < K; ++k) {
+      const V mk = Pack::load(a.mask(k, b) + p, n), keep = V(T(1)) - mk;
+      V dm(T(0));
+      for (int64_t c = 0; c < C; ++c) {
+        const V xk = Pack::load(a.layer(k, b) + c * HW + p, n), xc = Pack::load(x + (b * C + c) * HW + p, n);
+        const V fg = mk * xk;
+        V gsum(T(0)), gbg(T(0));
+        for (int64_t mi = 0; mi < M; ++mi) {
+          const V bg = a.bgs ? Pack::load(a.bgs + ((mi * B + b) * C + c) * HW + p, n) : V(T(0));
+          const V out = a.bgs ? keep * bg + fg : fg;
+          const V g = two_g[mi * K + k] * (out - xc);
+          gsum += g;
+          gbg += g * bg;
+          dbg[mi * C + c] += g * keep;
+        }
+        dxc[c] -= gsum;
+        if (dlayers) Pack::store(dlayers + ((k * B + b) * C + c) * HW + p, mk * gsum, n);
+        dm += xk * gsum - gbg;
+      }
+      if (dmasks) Pack::store(dmasks + (k * B + b) * HW + p, dm, n);
+    }
+    for (int64_t j = 0; j < M * C && dbgs && a.bgs; ++j) {
+      const int64_t mi = j / C, c = j % C;
+      Pack::store(dbgs + ((mi * B + b) * C + c) * HW + p, dbg[j], n);
+    }
+    for (int64_t c = 0; c < C && dx; ++c) Pack::store(dx + (b * C + c) * HW + p, dxc[c], n);
+  }
+}
+
 template <typename Pack>
 CompositeKernels<typename Pack::T> pack_composite_kernels() {
   return {&pack_composite_forward<Pack>, &pack_composite_backward<Pack>, &pack_candidates_forward<Pack>,
-          &pack_candidates_backward<Pack>};
+          &pack_candidates_backward<Pack>, &pack_distances_forward<Pack>, &pack_distances_backward<Pack>};
 }
 
 #if DTIFAST_X86_SIMD

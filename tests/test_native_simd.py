@@ -7,8 +7,9 @@ results on 1 and 2 threads:
 
 * warps: every kind, padding, with and without ``index=``, at output widths that leave a partial vector
   (1, 7, 13, 17) or span several row chunks (70); input and transform gradients;
-* compositing (``composite_layers``, ``composite_candidates``): with and without backgrounds, at pixel
-  counts that leave a partial vector or span several work chunks of 2048 pixels; every input's gradient;
+* compositing (``composite_layers``, ``composite_candidates``, ``candidate_distances``): with and without
+  backgrounds, at pixel counts that leave a partial vector or span several work chunks of 2048 pixels;
+  every input's gradient;
 * the render loss: with and without mask noise and background, sprites partly outside the image, at the
   warps' output widths; the loss and every input's gradient.
 
@@ -190,7 +191,16 @@ def _composite_candidates(H, W, dtype, M):
     return _with_grads(lambda *a: ops.composite_candidates(*a, backend="cpu"), [layers, masks, bgs])
 
 
+def _candidate_distances(H, W, dtype, M):
+    layers, masks, _, bgs = _composite_inputs(H, W, dtype, M > 0, M)
+    x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x = x.to(dtype).requires_grad_()
+    return _with_grads(lambda *a: ops.candidate_distances(*a, backend="cpu"), [x, layers, masks, bgs])
+
+
 COMPOSITES = {
+    "distances": lambda H, W, dtype: _candidate_distances(H, W, dtype, 2),
+    "distances-black": lambda H, W, dtype: _candidate_distances(H, W, dtype, 0),
     "layers": lambda H, W, dtype: _composite_layers(H, W, dtype, True),
     "layers-no-background": lambda H, W, dtype: _composite_layers(H, W, dtype, False),
     "candidates": lambda H, W, dtype: _composite_candidates(H, W, dtype, 2),

@@ -10,8 +10,8 @@ from dtifast.ops import BackendError, _backend, geometry
 # Written out here, not read from the registry under test: the public ops that dispatch to backends,
 # and the fused custom ops (C++/CUDA `dtifast::<op>`, Triton `dtifast::<op>_triton`).
 PUBLIC_OPS = {"softclip", "color_transform", "warp_theta", "warp_position", "warp_similarity", "warp_affine",
-              "warp_projective", "warp_tps", "composite_layers", "composite_candidates", "greedy_select",
-              "greedy_select_sprites", "place_sprites", "render_loss"}
+              "warp_projective", "warp_tps", "composite_layers", "composite_candidates", "candidate_distances",
+              "greedy_select", "greedy_select_sprites", "place_sprites", "render_loss"}
 FUSED_OPS = {"softclip": 1, "color_transform": 2, "warp_theta": 2, "composite_layers": 4, "render_loss": 6,
              "greedy_select": 0, "greedy_select_sprites": 0}  # op: number of differentiable inputs
 

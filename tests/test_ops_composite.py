@@ -78,6 +78,49 @@ def test_candidates_match_reference(n_bkg, backend, device):
                              inputs, tuple(range(len(inputs))), torch.float64)
 
 
+@pytest.mark.parametrize("n_bkg", [None, 1, 2])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_candidate_distances_match_reference(n_bkg, dtype, backend, device):
+    name = backend_for(backend, "candidate_distances", device)
+    g = torch.Generator().manual_seed(12)
+    x = torch.rand(2, 3, 5, 4, generator=g, dtype=torch.float64)
+    layers = torch.rand(3, 2, 3, 5, 4, generator=g, dtype=torch.float64)
+    masks = torch.rand(3, 2, 1, 5, 4, generator=g, dtype=torch.float64)
+    masks[masks > 0.8] = 1.0
+    bkgs = None if n_bkg is None else torch.rand(n_bkg, 2, 3, 5, 4, generator=g, dtype=torch.float64)
+    inputs = [t.to(device=device, dtype=dtype) for t in (x, layers, masks) + (() if bkgs is None else (bkgs,))]
+    assert_matches_reference(lambda *a: ops.candidate_distances(*a, backend=name), reference.candidate_distances,
+                             inputs, tuple(range(len(inputs))), dtype, names=("x", "layers", "masks", "backgrounds"))
+
+
+def test_candidate_distances_read_sprite_views_in_place(backend, device):
+    """Colours and masks split from one sprite tensor (strided views, as the model passes them) give the
+    values and gradients of contiguous copies."""
+    name = backend_for(backend, "candidate_distances", device)
+    g = torch.Generator().manual_seed(13)
+    sprites = torch.rand(4, 2, 5, 6, 7, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    x = torch.rand(2, 3, 6, 7, generator=g, dtype=torch.float64).to(device)
+    bkgs = torch.rand(2, 2, 3, 6, 7, generator=g, dtype=torch.float64).to(device)
+    colors, masks, _ = sprites.split([3, 1, 1], dim=2)
+    assert not colors.is_contiguous() and not masks.is_contiguous()
+    viewed = ops.candidate_distances(x, colors, masks, bkgs, backend=name)
+    (grad_viewed,) = torch.autograd.grad(viewed.sum(), sprites)
+    copied = ops.candidate_distances(x, colors.contiguous(), masks.contiguous(), bkgs, backend=name)
+    (grad_copied,) = torch.autograd.grad(copied.sum(), sprites)
+    torch.testing.assert_close(viewed, copied, rtol=0, atol=1e-12)
+    torch.testing.assert_close(grad_viewed, grad_copied, rtol=0, atol=1e-12)
+
+
+def test_candidate_distances_bad_input(backend, device):
+    name = backend_for(backend, "candidate_distances", device)
+    layers, masks = torch.rand(3, 2, 3, 5, 4, device=device), torch.rand(3, 2, 1, 5, 4, device=device)
+    with pytest.raises(ValueError, match=r"x must have shape \(2, 3, 5, 4\)"):
+        ops.candidate_distances(torch.rand(2, 3, 5, 5, device=device), layers, masks, backend=name)
+    with pytest.raises(TypeError, match="share one dtype"):
+        ops.candidate_distances(torch.rand(2, 3, 5, 4, device=device, dtype=torch.float64), layers, masks,
+                                backend=name)
+
+
 def test_candidates_empty_batch(backend, device):
     name = backend_for(backend, "composite_candidates", device)
     out = ops.composite_candidates(torch.rand(3, 0, 3, 4, 4, device=device), torch.rand(3, 0, 1, 4, 4, device=device),

@@ -167,6 +167,10 @@ def _composite_candidates_inputs(g: torch.Generator, s: Shapes) -> tuple:
             _uniform(g, (max(s.M, 1), s.B, C, s.H, s.W)))
 
 
+def _candidate_distances_inputs(g: torch.Generator, s: Shapes) -> tuple:
+    return (_images(g, s), *_composite_candidates_inputs(g, s))
+
+
 def _greedy_inputs(g: torch.Generator, s: Shapes) -> tuple:
     """Image-space candidates ``(L, K, B, ·, H, W)``: what upstream builds before selecting."""
     layers, masks = _uniform(g, (s.L, s.K, s.B, C, s.H, s.W)), _uniform(g, (s.L, s.K, s.B, 1, s.H, s.W))
@@ -232,6 +236,7 @@ OP_CASES: dict[str, OpCase] = {c.op: c for c in [
     OpCase("color_transform", _color_inputs, (0, 1), _always),
     OpCase("composite_layers", _composite_layers_inputs, (0, 1, 2, 3), _multi),
     OpCase("composite_candidates", _composite_candidates_inputs, (0, 1, 2), _single),
+    OpCase("candidate_distances", _candidate_distances_inputs, (1, 2, 3), _single),
     OpCase("greedy_select", _greedy_inputs, (), _multi),
     OpCase("place_sprites", _place_inputs, (0, 1), _multi),
     OpCase("greedy_select_sprites", _greedy_sprites_inputs, (), _multi),

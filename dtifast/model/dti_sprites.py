@@ -380,8 +380,7 @@ class DTISprites(nn.Module):
 
     def _candidate_distances(self, x: torch.Tensor, c: _Candidates) -> torch.Tensor:
         colors, masks = self._single_layer(c)
-        comps = ops.composite_candidates(colors, masks, c.backgrounds, backend=self.backend)   # (B, M·K, C, H, W)
-        return ((comps - x[:, None]) ** 2).flatten(2).mean(2)
+        return ops.candidate_distances(x, colors, masks, c.backgrounds, backend=self.backend)   # (B, M·K)
 
     # ------------------------------------------------------------------------------------------------
     # Outputs for evaluation and pictures (never with mask noise)

@@ -7,7 +7,7 @@ registration (``docs/fused_ops.md`` has the table of where each part is):
 
 * :mod:`dtifast.ops.warp`: ``warp_theta``, ``warp_position``, ``warp_similarity``, ``warp_affine``,
   ``warp_projective``, ``warp_tps``;
-* :mod:`dtifast.ops.composite`: ``composite_layers``, ``composite_candidates``;
+* :mod:`dtifast.ops.composite`: ``composite_layers``, ``composite_candidates``, ``candidate_distances``;
 * :mod:`dtifast.ops.greedy`: ``greedy_select``, ``greedy_select_sprites``;
 * :mod:`dtifast.ops.render`: ``place_sprites``, ``render_loss``;
 * :mod:`dtifast.ops.pointwise`: ``softclip``, ``color_transform``.
@@ -21,7 +21,7 @@ from __future__ import annotations
 from . import reference
 from ._backend import BACKENDS, BackendError, registered_ops, resolve
 from ._checks import set_value_checks, value_checks, value_checks_enabled
-from .composite import composite_candidates, composite_layers
+from .composite import candidate_distances, composite_candidates, composite_layers
 from .geometry import affine_matrix, position_matrix, projective_matrix, similarity_matrix
 from .greedy import greedy_select, greedy_select_sprites
 from .pointwise import color_transform, softclip
@@ -34,7 +34,7 @@ __all__ = [
     "value_checks", "set_value_checks", "value_checks_enabled",
     "softclip", "color_transform",
     "warp_theta", "warp_position", "warp_similarity", "warp_affine", "warp_projective", "warp_tps",
-    "composite_layers", "composite_candidates", "greedy_select", "greedy_select_sprites",
+    "composite_layers", "composite_candidates", "candidate_distances", "greedy_select", "greedy_select_sprites",
     "place_sprites", "render_loss",
     "position_matrix", "similarity_matrix", "affine_matrix", "projective_matrix", "projective_grid",
     "tps_grid", "with_background",

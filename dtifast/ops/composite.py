@@ -1,7 +1,9 @@
 """Occlusion-aware layer compositing, on every backend.
 
-Public ops: :func:`composite_layers` (L layers over an optional background, with an occlusion matrix) and
-:func:`composite_candidates` (every sprite over every background: the single-object model's candidates).
+Public ops: :func:`composite_layers` (L layers over an optional background, with an occlusion matrix),
+:func:`composite_candidates` (every sprite over every background: the single-object model's candidates)
+and :func:`candidate_distances` (their mean squared errors against the image, the single-object model's
+loss terms).
 
 Where each part lives:
 
@@ -12,8 +14,9 @@ Where each part lives:
   ``csrc/cuda/composite.cu`` + ``bind_composite.cpp``;
 * custom ops (one contract, :mod:`dtifast.ops._library`):
   ``dtifast::composite_layers(layers, masks, occlusion, background)`` and its ``_triton`` twin;
-  ``dtifast::composite_candidates(layers, masks, backgrounds)`` (CPU only: the CUDA and Triton backends
-  composite each candidate as one layer).
+  ``dtifast::composite_candidates(layers, masks, backgrounds)`` and
+  ``dtifast::candidate_distances(layers, masks, backgrounds, x)`` (CPU only: the CUDA and Triton backends
+  composite each candidate as one layer, and take the errors of those composites with torch).
 """
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ import torch
 
 from . import reference
 from ._backend import OpSpec, native_error, register, select
-from ._checks import check_candidate_inputs, check_composite_inputs, check_max_layers
+from ._checks import (check_candidate_inputs, check_composite_inputs, check_max_layers, check_same_device_dtype,
+                      check_shape, check_tensor)
 from ._library import define_triton_op, fused_op, register_autograd
 
-__all__ = ["composite_layers", "composite_candidates"]
+__all__ = ["composite_layers", "composite_candidates", "candidate_distances"]
 
 
 def _composite_triton(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
@@ -59,6 +63,9 @@ define_triton_op("composite_layers", _composite_triton, _composite_backward_trit
 if native_error() is None:
     register_autograd("composite_layers", forward_fake=_composite_fake, n_diff=4)
     register_autograd("composite_candidates", forward_fake=_candidates_fake, n_diff=3)
+    register_autograd("candidate_distances", n_diff=4,
+                      forward_fake=lambda layers, masks, backgrounds, x: _candidates_fake(layers, masks,
+                                                                                          backgrounds)[:, :, 0, 0, 0])
 
 
 def composite_layers(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
@@ -126,5 +133,38 @@ def composite_candidates(layers: torch.Tensor, masks: torch.Tensor, backgrounds:
     return out.view(M * K, B, C, H, W).transpose(0, 1)
 
 
+def candidate_distances(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor,
+                        backgrounds: Optional[torch.Tensor] = None, *, backend: Optional[str] = None) -> torch.Tensor:
+    """Mean squared error of every candidate of :func:`composite_candidates` against its image.
+
+    .. math:: d_{b, mK + k} = \\frac{1}{C H W} \\sum_{c, i, j} \\big((1 - m_k)\\, \\mathrm{bg}_m + m_k\\, x_k
+              - \\mathrm{x}_b\\big)^2
+
+    The C++ CPU kernel computes it in one pass over the pixels, without the ``(B, M·K, C, H, W)``
+    candidates (forward and backward); other backends composite the candidates, then take the errors.
+
+    Args:
+        x: ``(B, C, H, W)`` images.
+        layers: ``(K, B, C, H, W)``; masks: ``(K, B, 1, H, W)``;
+        backgrounds: ``(M, B, C, H, W)`` or None (a black background).
+        backend: see :mod:`dtifast.ops._backend`.
+
+    Returns:
+        ``(B, M·K)``, candidate index ``m·K + k`` (upstream's order).
+    """
+    check_candidate_inputs(layers, masks, backgrounds)
+    check_tensor(x, "x", ndim=4)
+    check_shape(x, "x", (layers.shape[1], *layers.shape[2:]))
+    check_same_device_dtype(("layers", layers), ("x", x))
+    name = select("candidate_distances", backend, layers.device, layers.dtype)
+    if name == "torch":
+        return reference.candidate_distances(x, layers, masks, backgrounds)
+    if name == "cpu":
+        return fused_op("candidate_distances", name)(layers, masks, backgrounds, x)
+    comps = composite_candidates(layers, masks, backgrounds, backend=name)
+    return ((comps - x[:, None]) ** 2).flatten(2).mean(2)
+
+
 register(OpSpec("composite_layers", composite_layers, native=("composite_layers",), triton=True))
 register(OpSpec("composite_candidates", composite_candidates, native=("composite_layers",), triton=True))
+register(OpSpec("candidate_distances", candidate_distances, native=("composite_layers",), triton=True))

@@ -211,6 +211,13 @@ def composite_candidates(layers: torch.Tensor, masks: torch.Tensor,
     return out.flatten(0, 1).transpose(0, 1)
 
 
+def candidate_distances(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor,
+                        backgrounds: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`dtifast.ops.candidate_distances`: each candidate's mean squared error → ``(B, M·K)``."""
+    comps = composite_candidates(layers, masks, backgrounds)
+    return ((comps - x[:, None]) ** 2).flatten(2).mean(2)
+
+
 @torch.no_grad()
 def greedy_select(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
                   background: Optional[torch.Tensor] = None, n_iter: int = 1,
