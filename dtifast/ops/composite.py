@@ -7,7 +7,8 @@ loss terms).
 
 Where each part lives:
 
-* reference (the ``torch`` backend): :func:`dtifast.ops.reference.composite_layers`, ``composite_candidates``;
+* reference (the ``torch`` backend): :func:`dtifast.ops.reference.composite_layers`, ``composite_candidates``,
+  ``candidate_distances``;
 * Triton kernels: ``kernels/composite.py`` (the layer-tile helpers are shared with the render loss);
 * C++ and CUDA kernels: ``csrc/composite.cpp`` + ``csrc/composite.h`` (per-pixel math) +
   ``csrc/composite_kernel.h`` (CPU kernels, scalar and vector: ``csrc/composite_simd.h``),
@@ -59,13 +60,16 @@ def _candidates_fake(layers, masks, backgrounds):
     return layers.new_empty(B, M * K, C, H, W)
 
 
+def _distances_fake(layers, masks, backgrounds, x):
+    M = 1 if backgrounds is None else backgrounds.shape[0]
+    return layers.new_empty(layers.shape[1], M * layers.shape[0])
+
+
 define_triton_op("composite_layers", _composite_triton, _composite_backward_triton, n_diff=4)
 if native_error() is None:
     register_autograd("composite_layers", forward_fake=_composite_fake, n_diff=4)
     register_autograd("composite_candidates", forward_fake=_candidates_fake, n_diff=3)
-    register_autograd("candidate_distances", n_diff=4,
-                      forward_fake=lambda layers, masks, backgrounds, x: _candidates_fake(layers, masks,
-                                                                                          backgrounds)[:, :, 0, 0, 0])
+    register_autograd("candidate_distances", forward_fake=_distances_fake, n_diff=4)
 
 
 def composite_layers(layers: torch.Tensor, masks: torch.Tensor, occlusion: torch.Tensor,
@@ -161,8 +165,7 @@ def candidate_distances(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tens
         return reference.candidate_distances(x, layers, masks, backgrounds)
     if name == "cpu":
         return fused_op("candidate_distances", name)(layers, masks, backgrounds, x)
-    comps = composite_candidates(layers, masks, backgrounds, backend=name)
-    return ((comps - x[:, None]) ** 2).flatten(2).mean(2)
+    return reference.candidate_errors(composite_candidates(layers, masks, backgrounds, backend=name), x)
 
 
 register(OpSpec("composite_layers", composite_layers, native=("composite_layers",), triton=True))

@@ -211,11 +211,15 @@ def composite_candidates(layers: torch.Tensor, masks: torch.Tensor,
     return out.flatten(0, 1).transpose(0, 1)
 
 
+def candidate_errors(candidates: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of candidates ``(B, N, C, H, W)`` against images ``x`` ``(B, C, H, W)`` → ``(B, N)``."""
+    return ((candidates - x[:, None]) ** 2).flatten(2).mean(2)
+
+
 def candidate_distances(x: torch.Tensor, layers: torch.Tensor, masks: torch.Tensor,
                         backgrounds: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`dtifast.ops.candidate_distances`: each candidate's mean squared error → ``(B, M·K)``."""
-    comps = composite_candidates(layers, masks, backgrounds)
-    return ((comps - x[:, None]) ** 2).flatten(2).mean(2)
+    return candidate_errors(composite_candidates(layers, masks, backgrounds), x)
 
 
 @torch.no_grad()
