@@ -35,17 +35,12 @@ constexpr int64_t kChunk = 2048;  // pixels per work item: a fixed split, indepe
 
 template <typename T>
 CompositeKernels<T> kernels_for() {
+  const CompositeKernels<T> scalar = pack_composite_kernels<ScalarPack<T>>();
 #if DTIFAST_X86_SIMD
-  switch (cpu_capability()) {
-    case CpuCapability::kAvx512:
-      return composite_kernels_avx512<T>();
-    case CpuCapability::kAvx2:
-      return composite_kernels_avx2<T>();
-    case CpuCapability::kScalar:
-      break;
-  }
+  return table_for_capability(scalar, &composite_kernels_avx2<T>, &composite_kernels_avx512<T>);
+#else
+  return scalar;
 #endif
-  return pack_composite_kernels<ScalarPack<T>>();
 }
 
 // Runs work(b, p0, p1, item) over the fixed pixel chunks of every image in parallel.
@@ -159,6 +154,18 @@ CandidateArgs<T> candidate_args(const at::Tensor& layers, const at::Tensor& mask
           masks.stride(1)};
 }
 
+// The contiguous gradients of layers, masks and backgrounds that are asked for (and exist), else empty.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> candidate_grad_buffers(const at::Tensor& layers,
+                                                                      const at::Tensor& masks,
+                                                                      const std::optional<at::Tensor>& bgs,
+                                                                      bool need_layers, bool need_masks,
+                                                                      bool need_bgs) {
+  const auto opts = layers.options();
+  return {need_layers ? at::empty(layers.sizes(), opts) : at::empty({0}, opts),
+          need_masks ? at::empty(masks.sizes(), opts) : at::empty({0}, opts),
+          need_bgs && bgs.has_value() ? at::empty_like(*bgs, at::MemoryFormat::Contiguous) : at::empty({0}, opts)};
+}
+
 at::Tensor candidates_cpu(const at::Tensor& layers_in, const at::Tensor& masks_in,
                           const std::optional<at::Tensor>& bgs_in) {
   const int64_t M = check_candidates(layers_in, masks_in, bgs_in);
@@ -185,11 +192,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> candidates_backward_cpu(
   check_like(grad_in, "grad", layers);
   check_sizes(grad_in, "grad", {B, M * K, C, layers.size(3), layers.size(4)});
   const at::Tensor grad = grad_in.contiguous();
-  need_bgs = need_bgs && bgs_in.has_value();
-  const auto opts = layers.options();
-  at::Tensor dlayers = need_layers ? at::empty(layers.sizes(), opts) : at::empty({0}, opts);
-  at::Tensor dmasks = need_masks ? at::empty(masks.sizes(), opts) : at::empty({0}, opts);
-  at::Tensor dbgs = need_bgs ? at::empty_like(*bgs_in, at::MemoryFormat::Contiguous) : at::empty({0}, opts);
+  at::Tensor dlayers, dmasks, dbgs;
+  std::tie(dlayers, dmasks, dbgs) = candidate_grad_buffers(layers, masks, bgs_in, need_layers, need_masks, need_bgs);
   at::Tensor bgs_holder;
   AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "composite_candidates_backward_cpu", [&] {
     const auto a = candidate_args<scalar_t>(layers, masks, optional_ptr<scalar_t>(bgs_in, bgs_holder), M);
@@ -253,12 +257,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distances_backward_cp
   check_like(grad_in, "grad", layers);
   check_sizes(grad_in, "grad", {B, M * K});
   const at::Tensor grad = grad_in.contiguous();
-  need_bgs = need_bgs && bgs_in.has_value();
-  const auto opts = layers.options();
-  at::Tensor dlayers = need_layers ? at::empty(layers.sizes(), opts) : at::empty({0}, opts);
-  at::Tensor dmasks = need_masks ? at::empty(masks.sizes(), opts) : at::empty({0}, opts);
-  at::Tensor dbgs = need_bgs ? at::empty_like(*bgs_in, at::MemoryFormat::Contiguous) : at::empty({0}, opts);
-  at::Tensor dx = need_x ? at::empty_like(x) : at::empty({0}, opts);
+  at::Tensor dlayers, dmasks, dbgs;
+  std::tie(dlayers, dmasks, dbgs) = candidate_grad_buffers(layers, masks, bgs_in, need_layers, need_masks, need_bgs);
+  at::Tensor dx = need_x ? at::empty_like(x) : at::empty({0}, layers.options());
   at::Tensor bgs_holder;
   AT_DISPATCH_FLOATING_TYPES(layers.scalar_type(), "candidate_distances_backward_cpu", [&] {
     const auto a = candidate_args<scalar_t>(layers, masks, optional_ptr<scalar_t>(bgs_in, bgs_holder), M);

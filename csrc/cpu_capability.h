@@ -18,4 +18,20 @@ enum class CpuCapability : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 
 CpuCapability cpu_capability();
 
+#if DTIFAST_X86_SIMD
+// The kernel table of the instruction set in use: avx512(), avx2() (csrc/x86/) or the scalar one.
+template <typename Table>
+Table table_for_capability(const Table& scalar, Table (*avx2)(), Table (*avx512)()) {
+  switch (cpu_capability()) {
+    case CpuCapability::kAvx512:
+      return avx512();
+    case CpuCapability::kAvx2:
+      return avx2();
+    case CpuCapability::kScalar:
+      break;
+  }
+  return scalar;
+}
+#endif
+
 }  // namespace dtifast

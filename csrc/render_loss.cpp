@@ -79,20 +79,14 @@ double scalar_render_image(const RenderArgs<scalar_t>& d, int64_t b, const Rende
 // in float; larger sprites take the scalar pass.
 template <typename T>
 RenderKernels<T> kernels_for(const RenderArgs<T>& a) {
+  const RenderKernels<T> scalar{&scalar_render_image<T>};
 #if DTIFAST_X86_SIMD
   const double limit = sizeof(T) == 4 ? 16777216.0 : 4503599627370496.0;
   if (static_cast<double>(a.h + 2) * static_cast<double>(a.w + 2) < limit) {
-    switch (cpu_capability()) {
-      case CpuCapability::kAvx512:
-        return render_kernels_avx512<T>();
-      case CpuCapability::kAvx2:
-        return render_kernels_avx2<T>();
-      case CpuCapability::kScalar:
-        break;
-    }
+    return table_for_capability(scalar, &render_kernels_avx2<T>, &render_kernels_avx512<T>);
   }
 #endif
-  return {&scalar_render_image<T>};
+  return scalar;
 }
 
 template <typename scalar_t>

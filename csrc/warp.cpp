@@ -74,19 +74,11 @@ bool vector_fits(const WarpArgs<T>& a) {
 
 template <typename T>
 WarpKernels<T> kernels_for(const WarpArgs<T>& a) {
+  const WarpKernels<T> scalar{&scalar_forward_rows<T>, &scalar_backward_image<T>};
 #if DTIFAST_X86_SIMD
-  if (vector_fits(a)) {
-    switch (cpu_capability()) {
-      case CpuCapability::kAvx512:
-        return warp_kernels_avx512<T>();
-      case CpuCapability::kAvx2:
-        return warp_kernels_avx2<T>();
-      case CpuCapability::kScalar:
-        break;
-    }
-  }
+  if (vector_fits(a)) return table_for_capability(scalar, &warp_kernels_avx2<T>, &warp_kernels_avx512<T>);
 #endif
-  return {&scalar_forward_rows<T>, &scalar_backward_image<T>};
+  return scalar;
 }
 
 template <typename T>
