@@ -1,7 +1,7 @@
-// The CPU compositing kernels (composite_layers, composite_candidates), written once for a "pack" of pixels:
-// ScalarPack (one pixel, the reference path, csrc/composite.cpp) or VecPack (Vec<T>::size() pixels of a
-// row, csrc/composite_simd.h, compiled per instruction set in csrc/x86/). The per-pixel math is composite.h's,
-// shared with the CUDA kernels, applied to packs: a lane per pixel.
+// The CPU compositing kernels (composite_layers, composite_candidates, candidate_distances), written once
+// for a "pack" of pixels: ScalarPack (one pixel, the reference path, csrc/composite.cpp) or VecPack
+// (Vec<T>::size() pixels of a row, csrc/composite_simd.h, compiled per instruction set in csrc/x86/). The
+// per-pixel math is composite.h's, shared with the CUDA kernels, applied to packs: a lane per pixel.
 //
 // Each kernel handles pixels [p0, p1) of image b and writes (never adds) every gradient of those pixels,
 // except the occlusion gradient: its per-pixel terms are summed in pixel order per lane, then over the lanes,
