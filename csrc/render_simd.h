@@ -71,7 +71,7 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
   for (int64_t i = 0; i < d.H; ++i) {
     for (int64_t j0 = 0; j0 < d.W; j0 += kChunk) {
       const int64_t len = std::min(kChunk, d.W - j0);
-      for (int64_t l = 0; l < L; ++l) chunk_coords<T>(warp, d.theta + (l * d.B + b) * 6, i, j0, len, rows[l]);
+      for (int64_t l = 0; l < L; ++l) chunk_coords<T>(warp, d.theta + (l * d.B + b) * 6, i * d.W + j0, len, rows[l]);
       for (int64_t j = 0; j < len; j += kLanes) {
         const int64_t n = std::min(kLanes, len - j), p = i * d.W + j0 + j;
         for (int64_t l = 0; l < L; ++l) {
@@ -145,7 +145,8 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
       }
       for (int64_t l = 0; l < L && grads && grads->dtheta; ++l) {
         const int64_t lb = l * d.B + b;
-        add_matrix_grad<T>(warp, d.theta + lb * 6, i, j0, len, rows[l].gix, rows[l].giy, grads->dtheta + lb * 6);
+        add_matrix_grad<T>(warp, d.theta + lb * 6, i * d.W + j0, len, rows[l].gix, rows[l].giy,
+                           grads->dtheta + lb * 6);
       }
     }
   }

@@ -8,7 +8,7 @@
 // theta (N, 6) affine matrix, (N, 9) homography or (N, G2, 2) TPS source points, and basis the base
 // coordinates (W + H,) or the (H*W, G2) TPS matrix (sampling.h grid_point). Python builds theta from the
 // raw head outputs, so autograd chains dtheta to the parameters.
-// The forward parallelises over output rows; the backward over input images, each input's gradient (and
+// The forward parallelises over output pixels; the backward over input images, each input's gradient (and
 // the theta gradients of its outputs) summed by one thread in output and pixel order, so results do not
 // depend on the thread count.
 // The per-pixel kernels below are the scalar reference; on CPUs with AVX2 or AVX-512 the vector kernels of
@@ -25,23 +25,23 @@ namespace {
 int64_t theta_size(const at::Tensor& theta) { return theta.numel() / std::max<int64_t>(theta.size(0), 1); }
 
 template <typename T>
-void scalar_forward_rows(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
+void scalar_forward(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
   const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
-  for (int64_t row = begin; row < end; ++row) {
-    const int64_t n = row / a.out_h, i = row % a.out_h;
+  for (int64_t q = begin; q < end; ++q) {
+    const int64_t n = q / HW, p = q - n * HW, i = p / a.out_w, j = p - i * a.out_w;
     const T* img = a.x + a.input_of(n) * a.C * hw;
-    for (int64_t j = 0; j < a.out_w; ++j) {
-      T gx, gy;
-      grid_point<T>(a.mode, a.theta + n * a.P, a.basis, a.g2, i, j, a.out_w, gx, gy);
-      const Bilinear<T> b = bilinear_taps<T>(gx, gy, a.h, a.w, a.border);
-      T* o = out + (n * a.C * a.out_h + i) * a.out_w + j;
-      for (int64_t c = 0; c < a.C; ++c) o[c * HW] = bilinear_read(b, img + c * hw);
-    }
+    T gx, gy;
+    grid_point<T>(a.mode, a.theta + n * a.P, a.basis, a.g2, i, j, a.out_w, gx, gy);
+    const Bilinear<T> b = bilinear_taps<T>(gx, gy, a.h, a.w, a.border);
+    T* o = out + n * a.C * HW + p;
+    for (int64_t c = 0; c < a.C; ++c) o[c * HW] = bilinear_read(b, img + c * hw);
   }
 }
 
+// Output n's backward: adds its input gradient into dx_image (nullptr: not needed) and its transform gradient
+// into dtheta_n (nullptr: not needed), pixel by pixel.
 template <typename T>
-void scalar_backward_image(const WarpArgs<T>& a, const T* grad, int64_t n, T* dx_image, T* dtheta_n) {
+void scalar_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, T* dx_image, T* dtheta_n) {
   const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
   const T* theta = a.theta + n * a.P;
   const T* img = a.x + a.input_of(n) * a.C * hw;
@@ -64,6 +64,20 @@ void scalar_backward_image(const WarpArgs<T>& a, const T* grad, int64_t n, T* dx
   }
 }
 
+template <typename T>
+void scalar_backward(const WarpArgs<T>& a, const T* grad, const OutputsByInput& outputs, int64_t begin, int64_t end,
+                     T* dx, T* dtheta) {
+  const int64_t image = a.C * a.h * a.w;
+  for (int64_t k = begin; k < end; ++k) {
+    T* dx_image = dx ? dx + k * image : nullptr;
+    if (dx_image) std::fill(dx_image, dx_image + image, T(0));
+    for (int64_t q = outputs.first[k]; q < outputs.first[k + 1]; ++q) {
+      const int64_t n = outputs.order[q];
+      scalar_backward_output(a, grad, n, dx_image, dtheta ? dtheta + n * a.P : nullptr);
+    }
+  }
+}
+
 // The vector kernels address taps by y * w + x computed in T (warp_simd.h vec_taps), exact below 2^24 in
 // float; larger planes take the scalar path.
 template <typename T>
@@ -74,7 +88,7 @@ bool vector_fits(const WarpArgs<T>& a) {
 
 template <typename T>
 WarpKernels<T> kernels_for(const WarpArgs<T>& a) {
-  const WarpKernels<T> scalar{&scalar_forward_rows<T>, &scalar_backward_image<T>};
+  const WarpKernels<T> scalar{&scalar_forward<T>, &scalar_backward<T>};
 #if DTIFAST_X86_SIMD
   if (vector_fits(a)) return table_for_capability(scalar, &warp_kernels_avx2<T>, &warp_kernels_avx512<T>);
 #endif
@@ -102,9 +116,9 @@ at::Tensor warp_cpu(const at::Tensor& x_in, const at::Tensor& theta_in, const at
     const WarpArgs<scalar_t> a = warp_args<scalar_t>(x, theta, basis, index, mode, out_h, out_w, border);
     const WarpKernels<scalar_t> kernels = kernels_for(a);
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(out_w * C, 1));
-    at::parallel_for(0, N * out_h, grain,
-                     [&](int64_t begin, int64_t end) { kernels.forward_rows(a, dst, begin, end); });
+    const int64_t grain = std::max<int64_t>(64, 4096 / std::max<int64_t>(C, 1));
+    at::parallel_for(0, N * out_h * out_w, grain,
+                     [&](int64_t begin, int64_t end) { kernels.forward(a, dst, begin, end); });
   });
   return out;
 }
@@ -120,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_in, 
   check_sizes(grad_in, "grad", {theta_in.size(0), x_in.size(1), out_h, out_w});
   const at::Tensor x = x_in.contiguous(), theta = theta_in.contiguous(), basis = basis_in.contiguous(),
                    grad = grad_in.contiguous();
-  const int64_t K = x.size(0), N = theta.size(0), image = x.numel() / std::max<int64_t>(K, 1);
+  const int64_t K = x.size(0), N = theta.size(0);
   // Outputs grouped by input image, in output order (a stable counting sort): one thread owns an input
   // and sums every gradient into it in that order, so there are no races and no dependence on threads.
   std::vector<int64_t> first(K + 1, 0), order(N);
@@ -132,8 +146,8 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_in, 
     std::vector<int64_t> fill(first.begin(), first.end() - 1);
     for (int64_t n = 0; n < N; ++n) order[fill[index ? index[n] : n]++] = n;
   }
-  // A custom op returns tensors only: an empty tensor stands for a gradient that was not requested. dx is
-  // zeroed image by image by the thread that owns the image, just before it sums into it (in cache).
+  // A custom op returns tensors only: an empty tensor stands for a gradient that was not requested. The
+  // kernels write dx image by image, each by the thread that owns the image.
   at::Tensor dx = need_x ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor dtheta = need_theta ? at::zeros_like(theta) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "warp_backward_cpu", [&] {
@@ -142,15 +156,9 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_in, 
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t* dsrc = need_x ? dx.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* dth = need_theta ? dtheta.mutable_data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, K, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        scalar_t* dx_image = dsrc ? dsrc + k * image : nullptr;
-        if (dx_image) std::fill(dx_image, dx_image + image, scalar_t(0));
-        for (int64_t q = first[k]; q < first[k + 1]; ++q) {
-          kernels.backward_image(a, g, order[q], dx_image, dth ? dth + order[q] * a.P : nullptr);
-        }
-      }
-    });
+    const OutputsByInput outputs{first.data(), order.data()};
+    at::parallel_for(0, K, 1,
+                     [&](int64_t begin, int64_t end) { kernels.backward(a, g, outputs, begin, end, dsrc, dth); });
   });
   return {dx, dtheta};
 }

@@ -28,13 +28,21 @@ struct WarpArgs {
   int64_t input_of(int64_t n) const { return index ? index[n] : n; }
 };
 
+// Outputs grouped by input image: input k's outputs are order[first[k] .. first[k + 1]), in output order.
+struct OutputsByInput {
+  const int64_t* first;
+  const int64_t* order;
+};
+
 template <typename T>
 struct WarpKernels {
-  // Output rows [begin, end) of the flattened (N * out_h) rows into out (N, C, out_h, out_w).
-  void (*forward_rows)(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end);
-  // Output n's backward: adds its input gradient into dx_image (input index[n]'s (C, h, w) gradient; nullptr:
-  // not needed) and its transform gradient into dtheta_n (P values; nullptr: not needed), in pixel order.
-  void (*backward_image)(const WarpArgs<T>& a, const T* grad, int64_t n, T* dx_image, T* dtheta_n);
+  // Output pixels [begin, end) of the flattened (N * out_h * out_w) pixels into out (N, C, out_h, out_w).
+  void (*forward)(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end);
+  // The backward of input images [begin, end): input k's gradient dx[k] (dx (K, C, h, w), written whole;
+  // nullptr: not needed) summed over its outputs in output and pixel order, and those outputs' transform
+  // gradients into dtheta (N, P) (nullptr: not needed; zero on entry).
+  void (*backward)(const WarpArgs<T>& a, const T* grad, const OutputsByInput& outputs, int64_t begin, int64_t end,
+                   T* dx, T* dtheta);
 };
 
 // Grid points (x, y) of `count` pixels turned into source coordinates in place, with their derivatives
@@ -47,49 +55,58 @@ inline void source_indices(const WarpArgs<T>& a, int64_t count, T* x, T* y, T* d
   }
 }
 
-// Source coordinates of output pixels (i, j0 .. j0 + count) of a matrix mode (affine or projective), with
-// their derivatives: sampling.h grid_point and source_index, the per-pixel math the vector kernels share
-// with the scalar path. The mode is a template argument, so that the compiler drops the other modes' code.
+// Source coordinates of output pixels p0 .. p0 + count (flattened over the output's rows) of a matrix mode
+// (affine or projective), with their derivatives: sampling.h grid_point and source_index, the per-pixel math
+// the vector kernels share with the scalar path. The mode is a template argument, so that the compiler drops
+// the other modes' code.
 template <typename T, int kMode>
-inline void matrix_source_coords_of(const WarpArgs<T>& a, const T* theta, int64_t i, int64_t j0, int64_t count,
-                                    T* ix, T* iy, T* dx_mult, T* dy_mult) {
-  for (int64_t j = 0; j < count; ++j) {
+inline void matrix_source_coords_of(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, T* ix, T* iy,
+                                    T* dx_mult, T* dy_mult) {
+  int64_t i = p0 / a.out_w, j = p0 % a.out_w;
+  for (int64_t k = 0; k < count; ++k) {
     T gx, gy;
-    grid_point<T>(kMode, theta, a.basis, a.g2, i, j0 + j, a.out_w, gx, gy);
-    ix[j] = source_index<T>(gx, a.w, a.border, dx_mult[j]);
-    iy[j] = source_index<T>(gy, a.h, a.border, dy_mult[j]);
+    grid_point<T>(kMode, theta, a.basis, a.g2, i, j, a.out_w, gx, gy);
+    ix[k] = source_index<T>(gx, a.w, a.border, dx_mult[k]);
+    iy[k] = source_index<T>(gy, a.h, a.border, dy_mult[k]);
+    if (++j == a.out_w) {
+      j = 0;
+      ++i;
+    }
   }
 }
 
 template <typename T>
-inline void matrix_source_coords(const WarpArgs<T>& a, const T* theta, int64_t i, int64_t j0, int64_t count, T* ix,
-                                 T* iy, T* dx_mult, T* dy_mult) {
-  if (a.mode == kAffine) {
-    return matrix_source_coords_of<T, kAffine>(a, theta, i, j0, count, ix, iy, dx_mult, dy_mult);
-  }
-  matrix_source_coords_of<T, kProjective>(a, theta, i, j0, count, ix, iy, dx_mult, dy_mult);
+inline void matrix_source_coords(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, T* ix, T* iy,
+                                 T* dx_mult, T* dy_mult) {
+  if (a.mode == kAffine) return matrix_source_coords_of<T, kAffine>(a, theta, p0, count, ix, iy, dx_mult, dy_mult);
+  matrix_source_coords_of<T, kProjective>(a, theta, p0, count, ix, iy, dx_mult, dy_mult);
 }
 
-// Adds the transform gradient of output pixels (i, j0 .. j0 + count) of a matrix mode (affine or projective),
+// Adds the transform gradient of output pixels p0 .. p0 + count of a matrix mode (affine or projective),
 // whose grid gradients are (dgx, dgy), into dtheta: sampling.h grid_point_backward pixel by pixel, summed in
 // a local copy, which the compiler keeps in registers, instead of through memory; the same order of sums.
 template <typename T, int kMode>
-inline void add_matrix_grad_of(const WarpArgs<T>& a, const T* theta, int64_t i, int64_t j0, int64_t count,
-                               const T* dgx, const T* dgy, T* dtheta) {
+inline void add_matrix_grad_of(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, const T* dgx,
+                               const T* dgy, T* dtheta) {
   constexpr int kP = kMode == kAffine ? 6 : 9;
   T local[kP];
   for (int k = 0; k < kP; ++k) local[k] = dtheta[k];
-  for (int64_t j = 0; j < count; ++j) {
-    grid_point_backward<T>(kMode, theta, a.basis, a.g2, i, j0 + j, a.out_w, dgx[j], dgy[j], local);
+  int64_t i = p0 / a.out_w, j = p0 % a.out_w;
+  for (int64_t k = 0; k < count; ++k) {
+    grid_point_backward<T>(kMode, theta, a.basis, a.g2, i, j, a.out_w, dgx[k], dgy[k], local);
+    if (++j == a.out_w) {
+      j = 0;
+      ++i;
+    }
   }
   for (int k = 0; k < kP; ++k) dtheta[k] = local[k];
 }
 
 template <typename T>
-inline void add_matrix_grad(const WarpArgs<T>& a, const T* theta, int64_t i, int64_t j0, int64_t count, const T* dgx,
+inline void add_matrix_grad(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, const T* dgx,
                             const T* dgy, T* dtheta) {
-  if (a.mode == kAffine) return add_matrix_grad_of<T, kAffine>(a, theta, i, j0, count, dgx, dgy, dtheta);
-  add_matrix_grad_of<T, kProjective>(a, theta, i, j0, count, dgx, dgy, dtheta);
+  if (a.mode == kAffine) return add_matrix_grad_of<T, kAffine>(a, theta, p0, count, dgx, dgy, dtheta);
+  add_matrix_grad_of<T, kProjective>(a, theta, p0, count, dgx, dgy, dtheta);
 }
 
 #if DTIFAST_X86_SIMD

@@ -20,6 +20,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <memory>
 
 #include "warp_kernel.h"
 
@@ -173,17 +174,17 @@ void vec_scatter(const VecTaps<T>& b, const T (*gw)[4][VecTaps<T>::kLanes], int6
   }
 }
 
-// Stack buffers of one chunk of an output row.
+// Stack buffers of one chunk of output pixels (flattened over rows).
 template <typename T>
 struct RowChunk {
   alignas(64) T ix[kChunk], iy[kChunk], dx_mult[kChunk], dy_mult[kChunk];
   alignas(64) T gix[kChunk], giy[kChunk];  // backward: coordinate gradients
 };
 
-// TPS grid points of a chunk of row i into (gx, gy): grid_point's sums over the control points, in its
-// order, for Vec<T>::size() pixels at a time, their basis rows (g2 apart) gathered lane by lane.
+// TPS grid points of output pixels p0 .. p0 + count into (gx, gy): grid_point's sums over the control points,
+// in its order, for Vec<T>::size() pixels at a time, their basis rows (g2 apart) gathered lane by lane.
 template <typename T>
-void vec_tps_grid(const WarpArgs<T>& a, const T* theta, int64_t i, int64_t j0, int64_t count, T* gx, T* gy) {
+void vec_tps_grid(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, T* gx, T* gy) {
   constexpr int L = Vec<T>::size();
   alignas(64) IndexOf<T> rows[L];
   for (int l = 0; l < L; ++l) rows[l] = static_cast<IndexOf<T>>(l * a.g2);
@@ -191,7 +192,7 @@ void vec_tps_grid(const WarpArgs<T>& a, const T* theta, int64_t i, int64_t j0, i
   for (int64_t j = 0; j < count; j += L) {
     const int64_t n = std::min<int64_t>(L, count - j);
     const Vec<T> lanes = Vec<T>::arange(T(0), T(1)) < Vec<T>(static_cast<T>(n));  // no reads past the basis
-    const T* basis = a.basis + (i * a.out_w + j0 + j) * a.g2;
+    const T* basis = a.basis + (p0 + j) * a.g2;
     Vec<T> ax(T(0)), ay(T(0));
     for (int64_t g = 0; g < a.g2; ++g) {
       const Vec<T> v = masked_gather<T>(basis + g, row_offset, lanes, (1 << n) - 1);
@@ -203,11 +204,11 @@ void vec_tps_grid(const WarpArgs<T>& a, const T* theta, int64_t i, int64_t j0, i
   }
 }
 
-// Source coordinates of a chunk of row i (warp_kernel.h), the TPS grid vectorised.
+// Source coordinates of output pixels p0 .. p0 + count (warp_kernel.h), the TPS grid vectorised.
 template <typename T>
-void chunk_coords(const WarpArgs<T>& a, const T* theta, int64_t i, int64_t j0, int64_t count, RowChunk<T>& s) {
-  if (a.mode != kTps) return matrix_source_coords<T>(a, theta, i, j0, count, s.ix, s.iy, s.dx_mult, s.dy_mult);
-  vec_tps_grid(a, theta, i, j0, count, s.ix, s.iy);
+void chunk_coords(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, RowChunk<T>& s) {
+  if (a.mode != kTps) return matrix_source_coords<T>(a, theta, p0, count, s.ix, s.iy, s.dx_mult, s.dy_mult);
+  vec_tps_grid(a, theta, p0, count, s.ix, s.iy);
   source_indices<T>(a, count, s.ix, s.iy, s.dx_mult, s.dy_mult);
 }
 
@@ -216,61 +217,35 @@ VecTaps<T> chunk_taps(const WarpArgs<T>& a, const RowChunk<T>& s, int64_t j, int
   return vec_taps<T>(Vec<T>::loadu(s.ix + j, count), Vec<T>::loadu(s.iy + j, count), a.h, a.w, count);
 }
 
+// Output pixels are taken flattened over rows, so a vector spans row ends (an output row narrower than
+// or not a multiple of the vector would leave lanes idle).
 template <typename T>
-void vec_forward_rows(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
+void vec_forward(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
   constexpr int64_t L = Vec<T>::size();
   const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
   RowChunk<T> s;
-  for (int64_t row = begin; row < end; ++row) {
-    const int64_t n = row / a.out_h, i = row % a.out_h;
+  for (int64_t q = begin; q < end;) {
+    const int64_t n = q / HW, p0 = q - n * HW, len = std::min({kChunk, HW - p0, end - q});
     const T* img = a.x + a.input_of(n) * a.C * hw;
-    T* o = out + n * a.C * HW + i * a.out_w;
-    for (int64_t j0 = 0; j0 < a.out_w; j0 += kChunk) {
-      const int64_t len = std::min(kChunk, a.out_w - j0);
-      chunk_coords<T>(a, a.theta + n * a.P, i, j0, len, s);
-      for (int64_t j = 0; j < len; j += L) {
-        const int64_t count = std::min(L, len - j);
-        const VecTaps<T> b = chunk_taps(a, s, j, count);
-        for (int64_t c = 0; c < a.C; ++c) vec_read(b, img + c * hw).store(o + c * HW + j0 + j, count);
-      }
+    T* o = out + n * a.C * HW + p0;
+    chunk_coords<T>(a, a.theta + n * a.P, p0, len, s);
+    for (int64_t j = 0; j < len; j += L) {
+      const int64_t count = std::min(L, len - j);
+      const VecTaps<T> b = chunk_taps(a, s, j, count);
+      for (int64_t c = 0; c < a.C; ++c) vec_read(b, img + c * hw).store(o + c * HW + j, count);
     }
+    q += len;
   }
 }
 
-// One block of `count` pixels of a chunk: scatters into dx_image (if not null) and, if want_coords,
-// stores the coordinate gradients into s.gix / s.giy.
-template <typename T>
-void vec_backward_block(const WarpArgs<T>& a, const T* img, const T* g, RowChunk<T>& s, int64_t j,
-                        int64_t count, T* dx_image, bool want_coords) {
-  constexpr int L = VecTaps<T>::kLanes;
-  const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
-  const VecTaps<T> b = chunk_taps(a, s, j, count);
-  Vec<T> gix(T(0)), giy(T(0));
-  alignas(64) T gw[kScatterChannels][4][L];
-  for (int64_t c0 = 0; c0 < a.C; c0 += kScatterChannels) {
-    const int64_t channels = std::min(kScatterChannels, a.C - c0);
-    for (int64_t c = 0; c < channels; ++c) {
-      const Vec<T> gc = Vec<T>::loadu(g + (c0 + c) * HW + j, count);
-      if (want_coords) vec_coordinate_grad(b, img + (c0 + c) * hw, gc, gix, giy);
-      for (int t = 0; t < 4; ++t) (gc * b.weight[t]).store(gw[c][t]);
-    }
-    if (dx_image) vec_scatter(b, gw, channels, hw, dx_image + c0 * hw);
-  }
-  if (want_coords) {
-    // bilinear_backward skips samples without a valid tap: their coordinate gradient is exactly zero.
-    (gix & b.any_valid).store(s.gix + j, count);
-    (giy & b.any_valid).store(s.giy + j, count);
-  }
-}
-
-// TPS transform gradient of a chunk of row i with grid gradients (dgx, dgy): grid_point_backward's sums,
+// TPS transform gradient of output pixels p0 .. p0 + count with grid gradients (dgx, dgy): grid_point_backward's sums,
 // each control point's still over the pixels in order, Vec<T>::size() control points at a time in local
 // sums instead of one memory update per pixel and control point.
 template <typename T>
-void vec_tps_theta_grad(const WarpArgs<T>& a, int64_t i, int64_t j0, int64_t count, const T* dgx, const T* dgy,
+void vec_tps_theta_grad(const WarpArgs<T>& a, int64_t p0, int64_t count, const T* dgx, const T* dgy,
                         T* dtheta) {
   constexpr int L = Vec<T>::size();
-  const T* rows = a.basis + (i * a.out_w + j0) * a.g2;
+  const T* rows = a.basis + p0 * a.g2;
   for (int64_t g0 = 0; g0 < a.g2; g0 += L) {
     const int64_t n = std::min<int64_t>(L, a.g2 - g0);
     alignas(64) T sx[L] = {}, sy[L] = {};
@@ -293,37 +268,151 @@ void vec_tps_theta_grad(const WarpArgs<T>& a, int64_t i, int64_t j0, int64_t cou
   }
 }
 
-template <typename T>
-void vec_backward_image(const WarpArgs<T>& a, const T* grad, int64_t n, T* dx_image, T* dtheta_n) {
-  constexpr int64_t L = Vec<T>::size();
-  const T* theta = a.theta + n * a.P;
-  const T* img = a.x + a.input_of(n) * a.C * a.h * a.w;
-  const T* g = grad + n * a.C * a.out_h * a.out_w;
-  RowChunk<T> s;
-  for (int64_t i = 0; i < a.out_h; ++i) {
-    for (int64_t j0 = 0; j0 < a.out_w; j0 += kChunk) {
-      const int64_t len = std::min(kChunk, a.out_w - j0);
-      chunk_coords<T>(a, theta, i, j0, len, s);
-      for (int64_t j = 0; j < len; j += L) {
-        vec_backward_block(a, img, g + i * a.out_w + j0, s, j, std::min(L, len - j), dx_image, dtheta_n != nullptr);
-      }
-      if (dtheta_n == nullptr) continue;
-      for (int64_t j = 0; j < len; ++j) {
-        s.gix[j] *= s.dx_mult[j];
-        s.giy[j] *= s.dy_mult[j];
-      }
-      if (a.mode == kTps) {
-        vec_tps_theta_grad(a, i, j0, len, s.gix, s.giy, dtheta_n);
-      } else {
-        add_matrix_grad<T>(a, theta, i, j0, len, s.gix, s.giy, dtheta_n);
-      }
+// The input gradient is summed pixel-major: an accumulator holds, per input pixel, the gradients of kPack
+// channels side by side (a "pack", a GCC vector of kPack values), so each tap of a sample adds one pack (one
+// vector add) instead of one value per channel. Channels beyond kPack take further planes of packs. The
+// lanes and taps keep their order, so every input-gradient value is still summed in the scalar path's order;
+// at the end the packs are transposed back to (C, h, w).
+// Unaligned vector types (aligned(sizeof(T))): the accumulator and stack buffers need no particular alignment.
+template <typename T, int kPack>
+struct ChannelPack {
+  typedef T type __attribute__((vector_size(kPack * sizeof(T)), aligned(sizeof(T))));
+};
+
+template <typename T, int kPack>
+struct PackedGrad {
+  T* data;        // planes of (pixels, kPack)
+  int64_t pixels; // per plane: h * w rounded up to whole vectors (the transposes read whole blocks)
+
+  T* plane(int64_t c0) const { return data + (c0 / kPack) * pixels * kPack; }
+};
+
+// Adds the packs gt[l] (one per lane: its channels' gradients, channel-major within the pack) times each
+// tap's weight into the accumulator plane, lane by lane, taps in order (as scatter_taps).
+template <typename T, int kPack>
+void pack_scatter(const VecTaps<T>& b, const T (*gt)[kPack], const T (*weight)[VecTaps<T>::kLanes], T* plane) {
+  using P = typename ChannelPack<T, kPack>::type;
+  constexpr int L = VecTaps<T>::kLanes;
+  P* d = reinterpret_cast<P*>(plane);
+  if ((b.valid_bits[0] & b.valid_bits[1] & b.valid_bits[2] & b.valid_bits[3]) == (1 << L) - 1) {
+    for (int l = 0; l < L; ++l) {
+      const P g = *reinterpret_cast<const P*>(gt[l]);
+      for (int t = 0; t < 4; ++t) d[b.lane_offset[t][l]] += g * weight[t][l];
+    }
+    return;
+  }
+  for (int l = 0; l < L; ++l) {
+    const P g = *reinterpret_cast<const P*>(gt[l]);
+    for (int t = 0; t < 4; ++t) {
+      if ((b.valid_bits[t] >> l) & 1) d[b.lane_offset[t][l]] += g * weight[t][l];
     }
   }
 }
 
+// One output's backward: its input gradient into acc (if data is not null), its transform gradient into
+// dtheta_n (if not null).
+template <typename T, int kPack>
+void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const PackedGrad<T, kPack>& acc,
+                         T* dtheta_n) {
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
+  const bool want_coords = dtheta_n != nullptr;
+  const T* theta = a.theta + n * a.P;
+  const T* img = a.x + a.input_of(n) * a.C * hw;
+  const T* g = grad + n * a.C * HW;
+  RowChunk<T> s;
+  // A block's channel gradients channel-major, then pixel-major. Rows past a partial group's channels are
+  // summed into pack slots that no channel owns (unpack_grad never reads them); zero-initialised, so that
+  // they never hold a slow denormal or a NaN pattern from the stack.
+  alignas(64) T gc_rows[kPack][L] = {};
+  alignas(64) T gt[L][kPack];
+  alignas(64) T weight[4][L];
+  for (int64_t p0 = 0; p0 < HW; p0 += kChunk) {
+    const int64_t len = std::min(kChunk, HW - p0);
+    chunk_coords<T>(a, theta, p0, len, s);
+    for (int64_t j = 0; j < len; j += L) {
+      const int64_t count = std::min(L, len - j);
+      const VecTaps<T> b = chunk_taps(a, s, j, count);
+      for (int t = 0; t < 4; ++t) b.weight[t].store(weight[t]);
+      Vec<T> gix(T(0)), giy(T(0));
+      for (int64_t c0 = 0; c0 < a.C; c0 += kPack) {
+        const int64_t channels = std::min<int64_t>(kPack, a.C - c0);
+        for (int64_t c = 0; c < channels; ++c) {
+          const Vec<T> gc = Vec<T>::loadu(g + (c0 + c) * HW + p0 + j, count);
+          if (want_coords) vec_coordinate_grad(b, img + (c0 + c) * hw, gc, gix, giy);
+          gc.store(gc_rows[c]);
+        }
+        if (acc.data == nullptr) continue;
+        at::vec::transpose_mxn<T, kPack, static_cast<int>(L)>(&gc_rows[0][0], L, &gt[0][0], kPack);
+        pack_scatter<T, kPack>(b, gt, weight, acc.plane(c0));
+      }
+      if (want_coords) {
+        // bilinear_backward skips samples without a valid tap: their coordinate gradient is exactly zero.
+        (gix & b.any_valid).store(s.gix + j, count);
+        (giy & b.any_valid).store(s.giy + j, count);
+      }
+    }
+    if (!want_coords) continue;
+    for (int64_t j = 0; j < len; ++j) {
+      s.gix[j] *= s.dx_mult[j];
+      s.giy[j] *= s.dy_mult[j];
+    }
+    if (a.mode == kTps) {
+      vec_tps_theta_grad(a, p0, len, s.gix, s.giy, dtheta_n);
+    } else {
+      add_matrix_grad<T>(a, theta, p0, len, s.gix, s.giy, dtheta_n);
+    }
+  }
+}
+
+// The accumulator's packs transposed into dx_image (C, h, w).
+template <typename T, int kPack>
+void unpack_grad(const WarpArgs<T>& a, const PackedGrad<T, kPack>& acc, T* dx_image) {
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t hw = a.h * a.w;
+  alignas(64) T rows[kPack][L];
+  for (int64_t c0 = 0; c0 < a.C; c0 += kPack) {
+    const int64_t channels = std::min<int64_t>(kPack, a.C - c0);
+    const T* plane = acc.plane(c0);
+    for (int64_t p = 0; p < hw; p += L) {
+      const int64_t count = std::min(L, hw - p);
+      at::vec::transpose_mxn<T, static_cast<int>(L), kPack>(plane + p * kPack, kPack, &rows[0][0], L);
+      for (int64_t c = 0; c < channels; ++c) Vec<T>::loadu(rows[c]).store(dx_image + (c0 + c) * hw + p, count);
+    }
+  }
+}
+
+template <typename T, int kPack>
+void vec_backward_packed(const WarpArgs<T>& a, const T* grad, const OutputsByInput& outputs, int64_t begin,
+                         int64_t end, T* dx, T* dtheta) {
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t hw = a.h * a.w, planes = (a.C + kPack - 1) / kPack;
+  PackedGrad<T, kPack> acc{nullptr, (hw + L - 1) / L * L};
+  // One accumulator per call of this function (per thread), reused for its input images.
+  std::unique_ptr<T[]> storage(dx ? new T[planes * acc.pixels * kPack] : nullptr);
+  acc.data = storage.get();
+  for (int64_t k = begin; k < end; ++k) {
+    if (acc.data) std::fill(acc.data, acc.data + planes * acc.pixels * kPack, T(0));
+    for (int64_t q = outputs.first[k]; q < outputs.first[k + 1]; ++q) {
+      const int64_t n = outputs.order[q];
+      vec_backward_output<T, kPack>(a, grad, n, acc, dtheta ? dtheta + n * a.P : nullptr);
+    }
+    if (acc.data) unpack_grad<T, kPack>(a, acc, dx + k * a.C * hw);
+  }
+}
+
+// Packs of 4, 8 or 16 channels, the narrowest that hold C (more channels: several planes of 16).
+template <typename T>
+void vec_backward(const WarpArgs<T>& a, const T* grad, const OutputsByInput& outputs, int64_t begin, int64_t end,
+                  T* dx, T* dtheta) {
+  if (a.C <= 4) return vec_backward_packed<T, 4>(a, grad, outputs, begin, end, dx, dtheta);
+  if (a.C <= 8) return vec_backward_packed<T, 8>(a, grad, outputs, begin, end, dx, dtheta);
+  vec_backward_packed<T, 16>(a, grad, outputs, begin, end, dx, dtheta);
+}
+
 template <typename T>
 WarpKernels<T> vec_warp_kernels() {
-  return {&vec_forward_rows<T>, &vec_backward_image<T>};
+  return {&vec_forward<T>, &vec_backward<T>};
 }
 
 }  // namespace CPU_CAPABILITY

@@ -6,7 +6,8 @@ vector path must give the scalar path's values and gradients within float roundi
 results on 1 and 2 threads:
 
 * warps: every kind, padding, with and without ``index=``, at output widths that leave a partial vector
-  (1, 7, 13, 17) or span several row chunks (70); input and transform gradients;
+  (1, 7, 13, 17) or span several row chunks (70); input and transform gradients; channel counts that
+  fill each width of the input gradient's channel packs (4, 8, 16) partly or wholly, and several packs;
 * compositing (``composite_layers``, ``composite_candidates``, ``candidate_distances``): with and without
   backgrounds, at pixel counts that leave a partial vector or span several work chunks of 2048 pixels;
   every input's gradient;
@@ -74,21 +75,21 @@ def cpu_capability(name: str):
         OPS.set_cpu_capability(before)
 
 
-def _inputs(kind: str, width: int, dtype: torch.dtype, indexed: bool):
+def _inputs(kind: str, width: int, dtype: torch.dtype, indexed: bool, channels: int = 5):
     """Sprites, raw parameters (output 0 at the identity, where output pixels land exactly on input
     pixels) and an optional index, seeded."""
     g = torch.Generator().manual_seed(width)
     n, k = 6, 3 if indexed else 6
-    x = torch.rand(k, 5, 9, 11, generator=g, dtype=torch.float64)
+    x = torch.rand(k, channels, 9, 11, generator=g, dtype=torch.float64)
     params = 0.3 * torch.randn(n, *KINDS[kind][1], generator=g, dtype=torch.float64)
     params[0] = 0
     index = torch.tensor([2, 0, 2, 1, 0, 2]) if indexed else None
     return x.to(dtype), params.to(dtype), index
 
 
-def _warp_with_grads(kind: str, padding: str, width: int, dtype: torch.dtype, indexed: bool):
+def _warp_with_grads(kind: str, padding: str, width: int, dtype: torch.dtype, indexed: bool, channels: int = 5):
     """Output and the gradients of the input and the raw parameters under a seeded output gradient."""
-    x, params, index = _inputs(kind, width, dtype, indexed)
+    x, params, index = _inputs(kind, width, dtype, indexed, channels)
     x.requires_grad_()
     params.requires_grad_()
     op, _, keywords = KINDS[kind]
@@ -139,6 +140,21 @@ def test_vector_path_matches_scalar(kind, padding, indexed, width, dtype, name):
         expected = _warp_with_grads(kind, padding, width, dtype, indexed)
     with cpu_capability(name):
         actual = _warp_with_grads(kind, padding, width, dtype, indexed)
+    for what, a, e in zip(("output", "input gradient", "parameter gradient"), actual, expected):
+        assert_close(a, e, dtype, f"{name} {what}", scale=0.1)
+
+
+# The input gradient is summed in packs of 4, 8 or 16 channels (warp_simd.h): counts below, at and above each
+# width, and 21 = 16 + 5, a full pack and a partial one.
+@pytest.mark.parametrize("name", VECTOR_PATHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("channels", (1, 4, 6, 8, 9, 16, 21))
+@pytest.mark.parametrize("kind", ["affine", "tps"])
+def test_vector_path_matches_scalar_for_channel_counts(kind, channels, dtype, name):
+    with cpu_capability("scalar"):
+        expected = _warp_with_grads(kind, "zeros", 13, dtype, True, channels)
+    with cpu_capability(name):
+        actual = _warp_with_grads(kind, "zeros", 13, dtype, True, channels)
     for what, a, e in zip(("output", "input gradient", "parameter gradient"), actual, expected):
         assert_close(a, e, dtype, f"{name} {what}", scale=0.1)
 
