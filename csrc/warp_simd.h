@@ -1,16 +1,17 @@
-// Vector CPU warp kernels on ATen's at::vec::Vectorized: Vec<T>::size() output pixels of a row at a time.
+// Vector CPU warp kernels on ATen's at::vec::Vectorized: Vec<T>::size() output pixels at a time, the output
+// pixels flattened over rows.
 //
 // Included only by the per-instruction-set files (csrc/x86/avx2.cpp, avx512.cpp), which define
 // CPU_CAPABILITY first: Vectorized then has that width, and everything here lives in the inline namespace
 // dtifast::<CPU_CAPABILITY>, so the builds do not collide.
-// Per chunk of an output row the source coordinates come from sampling.h's scalar math (grid_point,
+// Per chunk of output pixels the source coordinates come from sampling.h's scalar math (grid_point,
 // source_index, via warp_kernel.h) as in the scalar path, except the TPS grid, whose sums over
 // the control points run a vector of pixels at a time in the same order. The vector part proper is the
 // bilinear sampling: floor, weights, tap masks and offsets, masked gathers, and in the backward the
 // coordinate gradient. The transform gradient is summed over the pixels in order (grid_point_backward; TPS
-// a vector of control points at a time) and the input gradient scattered lane by lane in pixel order, so
-// results keep the scalar path's summation order (and the backward stays deterministic: one thread owns
-// each input image).
+// a vector of control points at a time). The input gradient is summed in channel packs (one vector add per
+// tap for all of a pixel's channels, see ChannelPack), lane by lane in pixel order, so results keep the
+// scalar path's summation order (and the backward stays deterministic: one thread owns each input image).
 #pragma once
 
 #ifndef CPU_CAPABILITY
