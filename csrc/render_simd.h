@@ -57,7 +57,7 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
   const T slope = static_cast<T>(kMaskSlope);
   // Sampling layer l is the position warp of its sprite: an affine warp of the P sprite planes to (H, W).
   const WarpArgs<T> warp{nullptr, nullptr, d.basis, nullptr, kAffine, false, P, d.h, d.w, d.H, d.W, 6, 0};
-  RowChunk<T> rows[kMaxLayers];
+  PixelChunk<T> rows[kMaxLayers];
   VecPlaced<T> placed[kMaxLayers];
   V occ[kMaxLayers * kMaxLayers], docc_sum[kMaxLayers * kMaxLayers], m[kMaxLayers], dm[kMaxLayers];
   for (int64_t jk = 0; jk < L * L; ++jk) {
@@ -70,10 +70,10 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
   double sse = 0;
   for (int64_t i = 0; i < d.H; ++i) {
     for (int64_t j0 = 0; j0 < d.W; j0 += kChunk) {
-      const int64_t len = std::min(kChunk, d.W - j0);
-      for (int64_t l = 0; l < L; ++l) chunk_coords<T>(warp, d.theta + (l * d.B + b) * 6, i * d.W + j0, len, rows[l]);
+      const int64_t len = std::min(kChunk, d.W - j0), p0 = i * d.W + j0;
+      for (int64_t l = 0; l < L; ++l) chunk_coords<T>(warp, d.theta + (l * d.B + b) * 6, p0, len, rows[l]);
       for (int64_t j = 0; j < len; j += kLanes) {
-        const int64_t n = std::min(kLanes, len - j), p = i * d.W + j0 + j;
+        const int64_t n = std::min(kLanes, len - j), p = p0 + j;
         for (int64_t l = 0; l < L; ++l) {
           const int64_t lb = l * d.B + b;
           const T* sprite = d.sprites + lb * S;
@@ -145,8 +145,7 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
       }
       for (int64_t l = 0; l < L && grads && grads->dtheta; ++l) {
         const int64_t lb = l * d.B + b;
-        add_matrix_grad<T>(warp, d.theta + lb * 6, i * d.W + j0, len, rows[l].gix, rows[l].giy,
-                           grads->dtheta + lb * 6);
+        add_matrix_grad<T>(warp, d.theta + lb * 6, p0, len, rows[l].gix, rows[l].giy, grads->dtheta + lb * 6);
       }
     }
   }

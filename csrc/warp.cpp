@@ -71,10 +71,8 @@ void scalar_backward(const WarpArgs<T>& a, const T* grad, const OutputsByInput& 
   for (int64_t k = begin; k < end; ++k) {
     T* dx_image = dx ? dx + k * image : nullptr;
     if (dx_image) std::fill(dx_image, dx_image + image, T(0));
-    for (int64_t q = outputs.first[k]; q < outputs.first[k + 1]; ++q) {
-      const int64_t n = outputs.order[q];
-      scalar_backward_output(a, grad, n, dx_image, dtheta ? dtheta + n * a.P : nullptr);
-    }
+    outputs.for_each_output(
+        k, [&](int64_t n) { scalar_backward_output(a, grad, n, dx_image, dtheta ? dtheta + n * a.P : nullptr); });
   }
 }
 

@@ -32,6 +32,12 @@ struct WarpArgs {
 struct OutputsByInput {
   const int64_t* first;
   const int64_t* order;
+
+  // Calls f(n) for each output n of input k, in output order.
+  template <typename F>
+  void for_each_output(int64_t k, F&& f) const {
+    for (int64_t q = first[k]; q < first[k + 1]; ++q) f(order[q]);
+  }
 };
 
 template <typename T>

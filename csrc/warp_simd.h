@@ -177,7 +177,7 @@ void vec_scatter(const VecTaps<T>& b, const T (*gw)[4][VecTaps<T>::kLanes], int6
 
 // Stack buffers of one chunk of output pixels (flattened over rows).
 template <typename T>
-struct RowChunk {
+struct PixelChunk {
   alignas(64) T ix[kChunk], iy[kChunk], dx_mult[kChunk], dy_mult[kChunk];
   alignas(64) T gix[kChunk], giy[kChunk];  // backward: coordinate gradients
 };
@@ -207,14 +207,14 @@ void vec_tps_grid(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t coun
 
 // Source coordinates of output pixels p0 .. p0 + count (warp_kernel.h), the TPS grid vectorised.
 template <typename T>
-void chunk_coords(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, RowChunk<T>& s) {
+void chunk_coords(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, PixelChunk<T>& s) {
   if (a.mode != kTps) return matrix_source_coords<T>(a, theta, p0, count, s.ix, s.iy, s.dx_mult, s.dy_mult);
   vec_tps_grid(a, theta, p0, count, s.ix, s.iy);
   source_indices<T>(a, count, s.ix, s.iy, s.dx_mult, s.dy_mult);
 }
 
 template <typename T>
-VecTaps<T> chunk_taps(const WarpArgs<T>& a, const RowChunk<T>& s, int64_t j, int64_t count) {
+VecTaps<T> chunk_taps(const WarpArgs<T>& a, const PixelChunk<T>& s, int64_t j, int64_t count) {
   return vec_taps<T>(Vec<T>::loadu(s.ix + j, count), Vec<T>::loadu(s.iy + j, count), a.h, a.w, count);
 }
 
@@ -224,7 +224,7 @@ template <typename T>
 void vec_forward(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
   constexpr int64_t L = Vec<T>::size();
   const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
-  RowChunk<T> s;
+  PixelChunk<T> s;
   for (int64_t q = begin; q < end;) {
     const int64_t n = q / HW, p0 = q - n * HW, len = std::min({kChunk, HW - p0, end - q});
     const T* img = a.x + a.input_of(n) * a.C * hw;
@@ -321,7 +321,7 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
   const T* theta = a.theta + n * a.P;
   const T* img = a.x + a.input_of(n) * a.C * hw;
   const T* g = grad + n * a.C * HW;
-  RowChunk<T> s;
+  PixelChunk<T> s;
   // A block's channel gradients channel-major, then pixel-major. Rows past a partial group's channels are
   // summed into pack slots that no channel owns (unpack_grad never reads them); zero-initialised, so that
   // they never hold a slow denormal or a NaN pattern from the stack.
@@ -334,14 +334,14 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
     for (int64_t j = 0; j < len; j += L) {
       const int64_t count = std::min(L, len - j);
       const VecTaps<T> b = chunk_taps(a, s, j, count);
-      for (int t = 0; t < 4; ++t) b.weight[t].store(weight[t]);
+      for (int t = 0; t < 4 && acc.data; ++t) b.weight[t].store(weight[t]);
       Vec<T> gix(T(0)), giy(T(0));
       for (int64_t c0 = 0; c0 < a.C; c0 += kPack) {
         const int64_t channels = std::min<int64_t>(kPack, a.C - c0);
         for (int64_t c = 0; c < channels; ++c) {
           const Vec<T> gc = Vec<T>::loadu(g + (c0 + c) * HW + p0 + j, count);
           if (want_coords) vec_coordinate_grad(b, img + (c0 + c) * hw, gc, gix, giy);
-          gc.store(gc_rows[c]);
+          if (acc.data) gc.store(gc_rows[c]);
         }
         if (acc.data == nullptr) continue;
         at::vec::transpose_mxn<T, kPack, static_cast<int>(L)>(&gc_rows[0][0], L, &gt[0][0], kPack);
@@ -394,10 +394,9 @@ void vec_backward_packed(const WarpArgs<T>& a, const T* grad, const OutputsByInp
   acc.data = storage.get();
   for (int64_t k = begin; k < end; ++k) {
     if (acc.data) std::fill(acc.data, acc.data + planes * acc.pixels * kPack, T(0));
-    for (int64_t q = outputs.first[k]; q < outputs.first[k + 1]; ++q) {
-      const int64_t n = outputs.order[q];
+    outputs.for_each_output(k, [&](int64_t n) {
       vec_backward_output<T, kPack>(a, grad, n, acc, dtheta ? dtheta + n * a.P : nullptr);
-    }
+    });
     if (acc.data) unpack_grad<T, kPack>(a, acc, dx + k * a.C * hw);
   }
 }
