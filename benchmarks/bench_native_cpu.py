@@ -55,6 +55,11 @@ def _ms(t: Optional[float]) -> str:
     return f"{ms:.{decimals}f}"
 
 
+# Each op is timed for at least this long (many calls of a fast op): the eager column of a single op varied by
+# up to 1.5x between runs of three calls on the shared machine, and the median of many calls does not.
+OP_MIN_TIME_S = 0.3
+
+
 def bench_ops(config: str, batch: int, repeats: int, ops: list[str]) -> list[str]:
     """Markdown rows ``| config | op | mode | torch ms | cpu ms | speedup |`` for the native ops in ``ops``."""
     shapes = shapes_for(config, batch)
@@ -71,7 +76,7 @@ def bench_ops(config: str, batch: int, repeats: int, ops: list[str]) -> list[str
                 except Skip:
                     times[provider] = None
                     continue
-                times[provider] = time_call(runner, CPU, warmup=1, repeats=repeats).median
+                times[provider] = time_call(runner, CPU, warmup=1, repeats=repeats, min_time_s=OP_MIN_TIME_S).median
             rows.append(f"| {config} | {op} | {mode} | {_ms(times['torch'])} | {_ms(times['cpu'])} | "
                         f"{_speedup(times['torch'], times['cpu'])} |")
             print(rows[-1], flush=True)
@@ -149,7 +154,8 @@ def main() -> None:
     lines = ["# C++ CPU kernels vs eager PyTorch", "",
              f"Machine: {info.get('cpu', '?')}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
              f"commit {info.get('commit', '?')}, load average at start {info.get('load_average')} (the machine is "
-             f"shared: a high load inflates every figure). Float32, median of {args.repeats} runs after one warm-up; "
+             f"shared: a high load inflates every figure). Float32, after one warm-up: ops the median of at least "
+             f"{args.repeats} calls and {OP_MIN_TIME_S} s of calls, steps the median of {args.repeats}; "
              "`fwd+bwd` is forward and backward of every differentiable input.", "",
              f"## Ops at batch {args.batch}", "",
              "| config | op | mode | eager ms | C++ ms | speedup |", "|---|---|---|---:|---:|---:|"]

@@ -51,43 +51,6 @@ struct WarpKernels {
                    T* dx, T* dtheta);
 };
 
-// Grid points (x, y) of `count` pixels turned into source coordinates in place, with their derivatives
-// (sampling.h source_index, as the scalar path's bilinear_taps).
-template <typename T>
-inline void source_indices(const WarpArgs<T>& a, int64_t count, T* x, T* y, T* dx_mult, T* dy_mult) {
-  for (int64_t j = 0; j < count; ++j) {
-    x[j] = source_index<T>(x[j], a.w, a.border, dx_mult[j]);
-    y[j] = source_index<T>(y[j], a.h, a.border, dy_mult[j]);
-  }
-}
-
-// Source coordinates of output pixels p0 .. p0 + count (flattened over the output's rows) of a matrix mode
-// (affine or projective), with their derivatives: sampling.h grid_point and source_index, the per-pixel math
-// the vector kernels share with the scalar path. The mode is a template argument, so that the compiler drops
-// the other modes' code.
-template <typename T, int kMode>
-inline void matrix_source_coords_of(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, T* ix, T* iy,
-                                    T* dx_mult, T* dy_mult) {
-  int64_t i = p0 / a.out_w, j = p0 % a.out_w;
-  for (int64_t k = 0; k < count; ++k) {
-    T gx, gy;
-    grid_point<T>(kMode, theta, a.basis, a.g2, i, j, a.out_w, gx, gy);
-    ix[k] = source_index<T>(gx, a.w, a.border, dx_mult[k]);
-    iy[k] = source_index<T>(gy, a.h, a.border, dy_mult[k]);
-    if (++j == a.out_w) {
-      j = 0;
-      ++i;
-    }
-  }
-}
-
-template <typename T>
-inline void matrix_source_coords(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, T* ix, T* iy,
-                                 T* dx_mult, T* dy_mult) {
-  if (a.mode == kAffine) return matrix_source_coords_of<T, kAffine>(a, theta, p0, count, ix, iy, dx_mult, dy_mult);
-  matrix_source_coords_of<T, kProjective>(a, theta, p0, count, ix, iy, dx_mult, dy_mult);
-}
-
 // Adds the transform gradient of output pixels p0 .. p0 + count of a matrix mode (affine or projective),
 // whose grid gradients are (dgx, dgy), into dtheta: sampling.h grid_point_backward pixel by pixel, summed in
 // a local copy, which the compiler keeps in registers, instead of through memory; the same order of sums.

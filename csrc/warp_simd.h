@@ -4,9 +4,9 @@
 // Included only by the per-instruction-set files (csrc/x86/avx2.cpp, avx512.cpp), which define
 // CPU_CAPABILITY first: Vectorized then has that width, and everything here lives in the inline namespace
 // dtifast::<CPU_CAPABILITY>, so the builds do not collide.
-// Per chunk of output pixels the source coordinates come from sampling.h's scalar math (grid_point,
-// source_index, via warp_kernel.h) as in the scalar path, except the TPS grid, whose sums over
-// the control points run a vector of pixels at a time in the same order. The vector part proper is the
+// Per chunk of output pixels the source coordinates are computed a vector of pixels at a time with
+// sampling.h's operations in its order and rounding (grid_point, source_index), so they are bit-identical to
+// the scalar path's; the TPS grid's sums over the control points run in grid_point's order. Then the
 // bilinear sampling: floor, weights, tap masks and offsets, masked gathers, and in the backward the
 // coordinate gradient. The transform gradient is summed over the pixels in order (grid_point_backward; TPS
 // a vector of control points at a time). The input gradient is summed in channel packs (one vector add per
@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <type_traits>
 
 #include "warp_kernel.h"
 
@@ -180,37 +181,102 @@ template <typename T>
 struct PixelChunk {
   alignas(64) T ix[kChunk], iy[kChunk], dx_mult[kChunk], dy_mult[kChunk];
   alignas(64) T gix[kChunk], giy[kChunk];  // backward: coordinate gradients
+  alignas(64) T bx[kChunk], by[kChunk];    // matrix modes: basis x of each pixel's column, y of its row
 };
 
+// sampling.h source_index for Vec<T>::size() grid coordinates: the same fused multiply-add (one rounding, as
+// std::fma), and the border clip as selects that leave NaN coordinates alone as its branches do.
+template <typename T>
+Vec<T> vec_source_index(const Vec<T>& g, int64_t n, bool border, Vec<T>& mult) {
+  using V = Vec<T>;
+  const T size = static_cast<T>(n);
+  V c = at::vec::fmadd(g + V(T(1)), V(size / T(2)), V(T(-0.5)));
+  mult = V(size / T(2));
+  if (border) {
+    const V zero(T(0)), hi(static_cast<T>(n - 1));
+    const V low = c <= zero, high = c >= hi;  // both only where hi == c == 0, where either gives 0
+    c = V::blendv(V::blendv(c, hi, high), zero, low);
+    mult = V::blendv(mult, zero, low | high);
+  }
+  return c;
+}
+
+// The source coordinates of grid points (gx, gy) of chunk pixels k .. k + n, with their derivatives.
+template <typename T>
+void store_source_indices(const WarpArgs<T>& a, const Vec<T>& gx, const Vec<T>& gy, int64_t k, int64_t n,
+                          PixelChunk<T>& s) {
+  Vec<T> mx, my;
+  vec_source_index<T>(gx, a.w, a.border, mx).store(s.ix + k, n);
+  vec_source_index<T>(gy, a.h, a.border, my).store(s.iy + k, n);
+  mx.store(s.dx_mult + k, n);
+  my.store(s.dy_mult + k, n);
+}
+
+// Source coordinates of output pixels p0 .. p0 + count of a matrix mode (affine or projective), with their
+// derivatives: grid_point and source_index a vector of pixels at a time, every operation in their order and
+// rounding, so the coordinates are bit-identical. The basis values of the pixels
+// (x of their column, y of their row) are laid out first, row segment by row segment.
+template <typename T, int kMode>
+void vec_matrix_coords_of(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, PixelChunk<T>& s) {
+  using V = Vec<T>;
+  constexpr int64_t L = V::size();
+  for (int64_t k = 0, i = p0 / a.out_w, j = p0 % a.out_w; k < count; ++i, j = 0) {
+    const int64_t n = std::min(count - k, a.out_w - j);
+    std::copy(a.basis + j, a.basis + j + n, s.bx + k);
+    std::fill(s.by + k, s.by + k + n, a.basis[a.out_w + i]);
+    k += n;
+  }
+  const V t0(theta[0]), t1(theta[1]), t2(theta[2]), t3(theta[3]), t4(theta[4]), t5(theta[5]);
+  for (int64_t k = 0; k < count; k += L) {
+    const int64_t n = std::min(L, count - k);
+    const V x = V::loadu(s.bx + k, n), y = V::loadu(s.by + k, n);
+    V gx = t0 * x + t1 * y + t2, gy = t3 * x + t4 * y + t5;
+    if constexpr (kMode == kProjective) {
+      const V w = V(theta[6]) * x + V(theta[7]) * y + V(theta[8]);
+      const V eps(static_cast<T>(kHomogeneousEps));
+      const V scale = V::blendv(V(T(1)), V(T(1)) / w, (w > eps) | (w < -eps));
+      gx = gx * scale;
+      gy = gy * scale;
+    }
+    store_source_indices(a, gx, gy, k, n, s);
+  }
+}
+
 // TPS grid points of output pixels p0 .. p0 + count into (gx, gy): grid_point's sums over the control points,
-// in its order, for Vec<T>::size() pixels at a time, their basis rows (g2 apart) gathered lane by lane.
+// in its order, for Vec<T>::size() pixels at a time. The pixels' basis rows (g2 values each) are transposed a
+// block of Vec<T>::size() control points at a time, so that each control point's weights are one vector.
 template <typename T>
 void vec_tps_grid(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, T* gx, T* gy) {
   constexpr int L = Vec<T>::size();
-  alignas(64) IndexOf<T> rows[L];
-  for (int l = 0; l < L; ++l) rows[l] = static_cast<IndexOf<T>>(l * a.g2);
-  const Vec<IndexOf<T>> row_offset = Vec<IndexOf<T>>::loadu(rows);
+  alignas(64) T weights[L][L] = {};  // [control point in the block][pixel]; lanes past a partial block: 0
   for (int64_t j = 0; j < count; j += L) {
     const int64_t n = std::min<int64_t>(L, count - j);
-    const Vec<T> lanes = Vec<T>::arange(T(0), T(1)) < Vec<T>(static_cast<T>(n));  // no reads past the basis
-    const T* basis = a.basis + (p0 + j) * a.g2;
+    const T* rows = a.basis + (p0 + j) * a.g2;
     Vec<T> ax(T(0)), ay(T(0));
-    for (int64_t g = 0; g < a.g2; ++g) {
-      const Vec<T> v = masked_gather<T>(basis + g, row_offset, lanes, (1 << n) - 1);
-      ax = ax + v * Vec<T>(theta[2 * g]);
-      ay = ay + v * Vec<T>(theta[2 * g + 1]);
+    for (int64_t g0 = 0; g0 < a.g2; g0 += L) {
+      const int64_t m = std::min<int64_t>(L, a.g2 - g0);
+      at::vec::transpose_mxn<T>(rows + g0, a.g2, &weights[0][0], L, static_cast<int>(n), static_cast<int>(m));
+      for (int64_t g = 0; g < m; ++g) {
+        const Vec<T> v = Vec<T>::loadu(weights[g]);
+        ax = ax + v * Vec<T>(theta[2 * (g0 + g)]);
+        ay = ay + v * Vec<T>(theta[2 * (g0 + g) + 1]);
+      }
     }
     ax.store(gx + j, n);
     ay.store(gy + j, n);
   }
 }
 
-// Source coordinates of output pixels p0 .. p0 + count (warp_kernel.h), the TPS grid vectorised.
+// Source coordinates of output pixels p0 .. p0 + count and their derivatives (sampling.h's math, vectorised).
 template <typename T>
 void chunk_coords(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, PixelChunk<T>& s) {
-  if (a.mode != kTps) return matrix_source_coords<T>(a, theta, p0, count, s.ix, s.iy, s.dx_mult, s.dy_mult);
+  if (a.mode == kAffine) return vec_matrix_coords_of<T, kAffine>(a, theta, p0, count, s);
+  if (a.mode == kProjective) return vec_matrix_coords_of<T, kProjective>(a, theta, p0, count, s);
   vec_tps_grid(a, theta, p0, count, s.ix, s.iy);
-  source_indices<T>(a, count, s.ix, s.iy, s.dx_mult, s.dy_mult);
+  for (int64_t k = 0; k < count; k += Vec<T>::size()) {
+    const int64_t n = std::min<int64_t>(Vec<T>::size(), count - k);
+    store_source_indices(a, Vec<T>::loadu(s.ix + k, n), Vec<T>::loadu(s.iy + k, n), k, n, s);
+  }
 }
 
 template <typename T>
@@ -280,6 +346,120 @@ struct ChannelPack {
   typedef T type __attribute__((vector_size(kPack * sizeof(T)), aligned(sizeof(T))));
 };
 
+// Transposes between kPack rows of Vec<T>::size() values (row c: channel c of the block's pixels) and the
+// same values pixel-major (the block's packs, one after the other).
+#if defined(CPU_CAPABILITY_AVX512)
+// For 16-lane floats, a network of two-register permutes (vpermt2ps) in log2(kPack) levels: kPack log2(kPack)
+// permutes per direction (24 for packs of 8) where ATen's transpose_mxn runs its 16 x 16 network (64) whatever
+// the shape. Level s merges groups of 2^s registers, which hold the values of 2^s channels ordered by their
+// place in the pixel-major result and split over the registers in that order, two groups at a time: merged
+// register 2i + h takes half h of the values of register i of both groups. After the last level, register v
+// holds the result's values 16 v .. 16 v + 15. The permute indices come from simulating the levels once.
+template <int kPack>
+struct PackNetwork {
+  static constexpr int kLevels = kPack == 4 ? 2 : kPack == 8 ? 3 : 4;
+  // Merge k of level s: registers first(s, k) and first(s, k) + 2^s into halves out(s, k) and out(s, k) + 1.
+  static constexpr int first(int s, int k) { return ((k >> s) << (s + 1)) | (k & ((1 << s) - 1)); }
+  static constexpr int out(int s, int k) { return ((k >> s) << (s + 1)) | ((k & ((1 << s) - 1)) << 1); }
+
+  alignas(64) int32_t pack_index[kLevels][kPack / 2][2][16];    // half h: permute(first, idx, second)
+  alignas(64) int32_t unpack_index[kLevels][kPack / 2][2][16];  // first, second: permute(half 0, idx, half 1)
+
+  PackNetwork() {
+    int value[kPack][16];  // value[r][lane]: the result position (pixel * kPack + channel) held there
+    for (int c = 0; c < kPack; ++c) {
+      for (int p = 0; p < 16; ++p) value[c][p] = p * kPack + c;
+    }
+    for (int s = 0; s < kLevels; ++s) {
+      int next[kPack][16];
+      for (int k = 0; k < kPack / 2; ++k) {
+        int merged[32], order[32];
+        for (int m = 0; m < 16; ++m) {
+          merged[m] = value[first(s, k)][m];
+          merged[16 + m] = value[first(s, k) + (1 << s)][m];
+        }
+        for (int m = 0; m < 32; ++m) order[m] = m;
+        std::sort(order, order + 32, [&](int x, int y) { return merged[x] < merged[y]; });
+        for (int h = 0; h < 2; ++h) {
+          for (int m = 0; m < 16; ++m) {
+            const int from = order[16 * h + m];  // a lane of (first, second) taken as one 32-lane vector
+            pack_index[s][k][h][m] = from;
+            next[out(s, k) + h][m] = merged[from];
+            unpack_index[s][k][from >> 4][from & 15] = 16 * h + m;
+          }
+        }
+      }
+      std::copy(&next[0][0], &next[0][0] + kPack * 16, &value[0][0]);
+    }
+  }
+};
+
+template <int kPack>
+const PackNetwork<kPack>& pack_network() {
+  static const PackNetwork<kPack> network;
+  return network;
+}
+#endif
+
+template <typename T, int kPack>
+void rows_to_packs(const T* rows, T* packs) {
+  constexpr int L = Vec<T>::size();
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    // Fully unrolled, so that the register indices are constants and the registers stay registers.
+    using Net = PackNetwork<kPack>;
+    const Net& net = pack_network<kPack>();
+    __m512 r[kPack], next[kPack];
+#pragma GCC unroll 16
+    for (int c = 0; c < kPack; ++c) r[c] = _mm512_load_ps(rows + c * L);
+#pragma GCC unroll 4
+    for (int s = 0; s < Net::kLevels; ++s) {
+#pragma GCC unroll 8
+      for (int k = 0; k < kPack / 2; ++k) {
+        const int a = Net::first(s, k), o = Net::out(s, k);
+        next[o] = _mm512_permutex2var_ps(r[a], _mm512_load_si512(net.pack_index[s][k][0]), r[a + (1 << s)]);
+        next[o + 1] = _mm512_permutex2var_ps(r[a], _mm512_load_si512(net.pack_index[s][k][1]), r[a + (1 << s)]);
+      }
+#pragma GCC unroll 16
+      for (int c = 0; c < kPack; ++c) r[c] = next[c];
+    }
+#pragma GCC unroll 16
+    for (int v = 0; v < kPack; ++v) _mm512_store_ps(packs + v * L, r[v]);
+    return;
+  }
+#endif
+  at::vec::transpose_mxn<T, kPack, L>(rows, L, packs, kPack);
+}
+
+template <typename T, int kPack>
+void packs_to_rows(const T* packs, T* rows) {
+  constexpr int L = Vec<T>::size();
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<T, float>) {
+    using Net = PackNetwork<kPack>;
+    const Net& net = pack_network<kPack>();
+    __m512 r[kPack], prev[kPack];
+#pragma GCC unroll 16
+    for (int v = 0; v < kPack; ++v) r[v] = _mm512_loadu_ps(packs + v * L);
+#pragma GCC unroll 4
+    for (int s = Net::kLevels - 1; s >= 0; --s) {
+#pragma GCC unroll 8
+      for (int k = 0; k < kPack / 2; ++k) {
+        const int a = Net::first(s, k), o = Net::out(s, k);
+        prev[a] = _mm512_permutex2var_ps(r[o], _mm512_load_si512(net.unpack_index[s][k][0]), r[o + 1]);
+        prev[a + (1 << s)] = _mm512_permutex2var_ps(r[o], _mm512_load_si512(net.unpack_index[s][k][1]), r[o + 1]);
+      }
+#pragma GCC unroll 16
+      for (int c = 0; c < kPack; ++c) r[c] = prev[c];
+    }
+#pragma GCC unroll 16
+    for (int c = 0; c < kPack; ++c) _mm512_store_ps(rows + c * L, r[c]);
+    return;
+  }
+#endif
+  at::vec::transpose_mxn<T, L, kPack>(packs, kPack, rows, L);
+}
+
 template <typename T, int kPack>
 struct PackedGrad {
   T* data;        // planes of (pixels, kPack)
@@ -344,7 +524,7 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
           if (acc.data) gc.store(gc_rows[c]);
         }
         if (acc.data == nullptr) continue;
-        at::vec::transpose_mxn<T, kPack, static_cast<int>(L)>(&gc_rows[0][0], L, &gt[0][0], kPack);
+        rows_to_packs<T, kPack>(&gc_rows[0][0], &gt[0][0]);
         pack_scatter<T, kPack>(b, gt, weight, acc.plane(c0));
       }
       if (want_coords) {
@@ -377,7 +557,7 @@ void unpack_grad(const WarpArgs<T>& a, const PackedGrad<T, kPack>& acc, T* dx_im
     const T* plane = acc.plane(c0);
     for (int64_t p = 0; p < hw; p += L) {
       const int64_t count = std::min(L, hw - p);
-      at::vec::transpose_mxn<T, static_cast<int>(L), kPack>(plane + p * kPack, kPack, &rows[0][0], L);
+      packs_to_rows<T, kPack>(plane + p * kPack, &rows[0][0]);
       for (int64_t c = 0; c < channels; ++c) Vec<T>::loadu(rows[c]).store(dx_image + (c0 + c) * hw + p, count);
     }
   }
