@@ -93,6 +93,16 @@ WarpKernels<T> kernels_for(const WarpArgs<T>& a) {
   return scalar;
 }
 
+// The transposed TPS basis that the vector kernels read (WarpArgs::basis_columns), set in a; the returned
+// tensor holds it (undefined where not needed).
+template <typename T>
+at::Tensor set_basis_columns(WarpArgs<T>& a, const WarpKernels<T>& kernels, const at::Tensor& basis) {
+  if (a.mode != kTps || kernels.forward == &scalar_forward<T>) return {};
+  at::Tensor columns = basis.t().contiguous();
+  a.basis_columns = columns.const_data_ptr<T>();
+  return columns;
+}
+
 template <typename T>
 WarpArgs<T> warp_args(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& basis, const int64_t* index,
                       int64_t mode, int64_t out_h, int64_t out_w, bool border) {
@@ -111,8 +121,9 @@ at::Tensor warp_cpu(const at::Tensor& x_in, const at::Tensor& theta_in, const at
   const int64_t N = theta.size(0), C = x.size(1);
   at::Tensor out = at::empty({N, C, out_h, out_w}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "warp_cpu", [&] {
-    const WarpArgs<scalar_t> a = warp_args<scalar_t>(x, theta, basis, index, mode, out_h, out_w, border);
+    WarpArgs<scalar_t> a = warp_args<scalar_t>(x, theta, basis, index, mode, out_h, out_w, border);
     const WarpKernels<scalar_t> kernels = kernels_for(a);
+    const at::Tensor columns = set_basis_columns(a, kernels, basis);
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     const int64_t grain = std::max<int64_t>(64, 4096 / std::max<int64_t>(C, 1));
     at::parallel_for(0, N * out_h * out_w, grain,
@@ -149,8 +160,9 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_in, 
   at::Tensor dx = need_x ? at::empty_like(x) : at::empty({0}, x.options());
   at::Tensor dtheta = need_theta ? at::zeros_like(theta) : at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "warp_backward_cpu", [&] {
-    const WarpArgs<scalar_t> a = warp_args<scalar_t>(x, theta, basis, index, mode, out_h, out_w, border);
+    WarpArgs<scalar_t> a = warp_args<scalar_t>(x, theta, basis, index, mode, out_h, out_w, border);
     const WarpKernels<scalar_t> kernels = kernels_for(a);
+    const at::Tensor columns = set_basis_columns(a, kernels, basis);
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
     scalar_t* dsrc = need_x ? dx.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* dth = need_theta ? dtheta.mutable_data_ptr<scalar_t>() : nullptr;

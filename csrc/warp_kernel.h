@@ -24,6 +24,9 @@ struct WarpArgs {
   int mode;
   bool border;
   int64_t C, h, w, out_h, out_w, P, g2;
+  // TPS, for the vector kernels: basis transposed, (g2, out_h * out_w), so that a control point's weights of
+  // neighbouring pixels are neighbours in memory (warp.cpp sets it for them; nullptr otherwise).
+  const T* basis_columns = nullptr;
 
   int64_t input_of(int64_t n) const { return index ? index[n] : n; }
 };

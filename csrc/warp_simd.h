@@ -243,24 +243,20 @@ void vec_matrix_coords_of(const WarpArgs<T>& a, const T* theta, int64_t p0, int6
 }
 
 // TPS grid points of output pixels p0 .. p0 + count into (gx, gy): grid_point's sums over the control points,
-// in its order, for Vec<T>::size() pixels at a time. The pixels' basis rows (g2 values each) are transposed a
-// block of Vec<T>::size() control points at a time, so that each control point's weights are one vector.
+// in its order, for Vec<T>::size() pixels at a time, each control point's weights one load from the
+// transposed basis.
 template <typename T>
 void vec_tps_grid(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, T* gx, T* gy) {
   constexpr int L = Vec<T>::size();
-  alignas(64) T weights[L][L] = {};  // [control point in the block][pixel]; lanes past a partial block: 0
+  const int64_t HW = a.out_h * a.out_w;
   for (int64_t j = 0; j < count; j += L) {
     const int64_t n = std::min<int64_t>(L, count - j);
-    const T* rows = a.basis + (p0 + j) * a.g2;
+    const T* weights = a.basis_columns + p0 + j;
     Vec<T> ax(T(0)), ay(T(0));
-    for (int64_t g0 = 0; g0 < a.g2; g0 += L) {
-      const int64_t m = std::min<int64_t>(L, a.g2 - g0);
-      at::vec::transpose_mxn<T>(rows + g0, a.g2, &weights[0][0], L, static_cast<int>(n), static_cast<int>(m));
-      for (int64_t g = 0; g < m; ++g) {
-        const Vec<T> v = Vec<T>::loadu(weights[g]);
-        ax = ax + v * Vec<T>(theta[2 * (g0 + g)]);
-        ay = ay + v * Vec<T>(theta[2 * (g0 + g) + 1]);
-      }
+    for (int64_t g = 0; g < a.g2; ++g) {
+      const Vec<T> v = Vec<T>::loadu(weights + g * HW, n);
+      ax = ax + v * Vec<T>(theta[2 * g]);
+      ay = ay + v * Vec<T>(theta[2 * g + 1]);
     }
     ax.store(gx + j, n);
     ay.store(gy + j, n);

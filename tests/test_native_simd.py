@@ -2,8 +2,8 @@
 against the scalar one.
 
 ``torch.ops.dtifast.set_cpu_capability`` forces a path (``DTIFAST_CPU_CAPABILITY`` at start-up); every
-vector path must give the scalar path's values and gradients within float rounding, and bit-identical
-results on 1 and 2 threads:
+vector path must give the scalar path's values and gradients (the warps' bit for bit, the others' within
+float rounding), and bit-identical results on 1 and 2 threads:
 
 * warps: every kind, padding, with and without ``index=``, at output widths that leave a partial vector
   (1, 7, 13, 17) or span several row chunks (70); input and transform gradients; channel counts that
@@ -99,6 +99,13 @@ def _warp_with_grads(kind: str, padding: str, width: int, dtype: torch.dtype, in
     return out.detach(), dx, dparams
 
 
+def _assert_scalar_bits(actual, expected, name: str) -> None:
+    """A warp's vector results are the scalar path's bit for bit: the same coordinates (so the same taps, even
+    where a sample lands exactly on a pixel and one ulp moves the floor) and the same summation orders."""
+    for what, a, e in zip(("output", "input gradient", "parameter gradient"), actual, expected):
+        assert torch.equal(a, e), f"{name} {what} differs from the scalar path by up to {(a - e).abs().max():.3g}"
+
+
 def test_capability_is_reported_and_forced():
     with cpu_capability("scalar"):
         assert OPS.cpu_capability() == "scalar"
@@ -140,8 +147,7 @@ def test_vector_path_matches_scalar(kind, padding, indexed, width, dtype, name):
         expected = _warp_with_grads(kind, padding, width, dtype, indexed)
     with cpu_capability(name):
         actual = _warp_with_grads(kind, padding, width, dtype, indexed)
-    for what, a, e in zip(("output", "input gradient", "parameter gradient"), actual, expected):
-        assert_close(a, e, dtype, f"{name} {what}", scale=0.1)
+    _assert_scalar_bits(actual, expected, name)
 
 
 # The input gradient is summed in packs of 4, 8 or 16 channels (warp_simd.h): counts below, at and above each
@@ -155,8 +161,7 @@ def test_vector_path_matches_scalar_for_channel_counts(kind, channels, dtype, na
         expected = _warp_with_grads(kind, "zeros", 13, dtype, True, channels)
     with cpu_capability(name):
         actual = _warp_with_grads(kind, "zeros", 13, dtype, True, channels)
-    for what, a, e in zip(("output", "input gradient", "parameter gradient"), actual, expected):
-        assert_close(a, e, dtype, f"{name} {what}", scale=0.1)
+    _assert_scalar_bits(actual, expected, name)
 
 
 @pytest.mark.parametrize("name", VECTOR_PATHS)
