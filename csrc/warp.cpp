@@ -86,7 +86,7 @@ bool vector_fits(const WarpArgs<T>& a) {
 
 template <typename T>
 WarpKernels<T> kernels_for(const WarpArgs<T>& a) {
-  const WarpKernels<T> scalar{&scalar_forward<T>, &scalar_backward<T>};
+  const WarpKernels<T> scalar{&scalar_forward<T>, &scalar_backward<T>, nullptr};
 #if DTIFAST_X86_SIMD
   if (vector_fits(a)) return table_for_capability(scalar, &warp_kernels_avx2<T>, &warp_kernels_avx512<T>);
 #endif
@@ -94,11 +94,13 @@ WarpKernels<T> kernels_for(const WarpArgs<T>& a) {
 }
 
 // The transposed TPS basis that the vector kernels read (WarpArgs::basis_columns), set in a; the returned
-// tensor holds it (undefined where not needed).
+// tensor holds it (undefined where not needed). Transposed by the table's vector code: ATen's strided copy
+// (basis.t().contiguous()) took as long as a 128 x 128 warp's forward.
 template <typename T>
 at::Tensor set_basis_columns(WarpArgs<T>& a, const WarpKernels<T>& kernels, const at::Tensor& basis) {
-  if (a.mode != kTps || kernels.forward == &scalar_forward<T>) return {};
-  at::Tensor columns = basis.t().contiguous();
+  if (a.mode != kTps || kernels.transpose == nullptr) return {};
+  at::Tensor columns = at::empty({a.g2, a.out_h * a.out_w}, basis.options());
+  kernels.transpose(basis.const_data_ptr<T>(), a.out_h * a.out_w, a.g2, columns.mutable_data_ptr<T>());
   a.basis_columns = columns.const_data_ptr<T>();
   return columns;
 }

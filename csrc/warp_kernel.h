@@ -25,7 +25,8 @@ struct WarpArgs {
   bool border;
   int64_t C, h, w, out_h, out_w, P, g2;
   // TPS, for the vector kernels: basis transposed, (g2, out_h * out_w), so that a control point's weights of
-  // neighbouring pixels are neighbours in memory (warp.cpp sets it for them; nullptr otherwise).
+  // neighbouring pixels are neighbours in memory (warp.cpp sets it with the table's transpose; nullptr
+  // otherwise).
   const T* basis_columns = nullptr;
 
   int64_t input_of(int64_t n) const { return index ? index[n] : n; }
@@ -52,6 +53,9 @@ struct WarpKernels {
   // gradients into dtheta (N, P) (nullptr: not needed; zero on entry).
   void (*backward)(const WarpArgs<T>& a, const T* grad, const OutputsByInput& outputs, int64_t begin, int64_t end,
                    T* dx, T* dtheta);
+  // The vector tables: src (rows, cols) transposed into dst (cols, rows), for WarpArgs::basis_columns
+  // (nullptr in the scalar table, which reads the basis as it is).
+  void (*transpose)(const T* src, int64_t rows, int64_t cols, T* dst);
 };
 
 // Adds the transform gradient of output pixels p0 .. p0 + count of a matrix mode (affine or projective),

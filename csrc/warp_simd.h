@@ -586,9 +586,19 @@ void vec_backward(const WarpArgs<T>& a, const T* grad, const OutputsByInput& out
   vec_backward_packed<T, 16>(a, grad, outputs, begin, end, dx, dtheta);
 }
 
+// src (rows, cols) into dst (cols, rows): ATen's vector transposes, 16 x 16 blocks for AVX-512 floats.
+template <typename T>
+void vec_transpose(const T* src, int64_t rows, int64_t cols, T* dst) {
+  constexpr int64_t kRows = int64_t(1) << 20;  // transpose_mxn counts in int
+  for (int64_t i = 0; i < rows; i += kRows) {
+    const int m = static_cast<int>(std::min(kRows, rows - i));
+    at::vec::transpose_mxn<T>(src + i * cols, cols, dst + i, rows, m, static_cast<int>(cols));
+  }
+}
+
 template <typename T>
 WarpKernels<T> vec_warp_kernels() {
-  return {&vec_forward<T>, &vec_backward<T>};
+  return {&vec_forward<T>, &vec_backward<T>, &vec_transpose<T>};
 }
 
 }  // namespace CPU_CAPABILITY
