@@ -214,8 +214,8 @@ void store_source_indices(const WarpArgs<T>& a, const Vec<T>& gx, const Vec<T>& 
 
 // Source coordinates of output pixels p0 .. p0 + count of a matrix mode (affine or projective), with their
 // derivatives: grid_point and source_index a vector of pixels at a time, every operation in their order and
-// rounding, so the coordinates are bit-identical. The basis values of the pixels
-// (x of their column, y of their row) are laid out first, row segment by row segment.
+// rounding, so the coordinates are bit-identical. The pixels' basis values (x of their column, y of their
+// row) are laid out first, row segment by row segment.
 template <typename T, int kMode>
 void vec_matrix_coords_of(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, PixelChunk<T>& s) {
   using V = Vec<T>;
