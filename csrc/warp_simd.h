@@ -29,6 +29,10 @@
 namespace dtifast {
 inline namespace CPU_CAPABILITY {
 
+// For the helpers of the per-pixel loops: GCC left some out of line (a call through the PLT per channel and
+// vector, the coordinate gradients then kept in memory).
+#define DTIFAST_ALWAYS_INLINE __attribute__((always_inline)) inline
+
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
 template <typename T>
@@ -59,7 +63,7 @@ struct VecTaps {
 // compare the floored coordinates as floats, which also covers coordinates too far out for an integer
 // conversion (the offsets of such lanes are garbage, but never read).
 template <typename T>
-VecTaps<T> vec_taps(const Vec<T>& ix, const Vec<T>& iy, int64_t h, int64_t w, int64_t count) {
+DTIFAST_ALWAYS_INLINE VecTaps<T> vec_taps(const Vec<T>& ix, const Vec<T>& iy, int64_t h, int64_t w, int64_t count) {
   using V = Vec<T>;
   VecTaps<T> b;
   const V zero(T(0)), one(T(1)), width(static_cast<T>(w)), height(static_cast<T>(h));
@@ -99,7 +103,7 @@ VecTaps<T> vec_taps(const Vec<T>& ix, const Vec<T>& iy, int64_t h, int64_t w, in
 
 // base[index] in the lanes of `mask` (all-ones lanes; `bits` the same as lane bits), zero elsewhere.
 template <typename T>
-Vec<T> masked_gather(const T* base, const Vec<IndexOf<T>>& index, const Vec<T>& mask, int bits) {
+DTIFAST_ALWAYS_INLINE Vec<T> masked_gather(const T* base, const Vec<IndexOf<T>>& index, const Vec<T>& mask, int bits) {
 #if defined(CPU_CAPABILITY_AVX512)
   // ATen's 512-bit mask_gather turns its mask into lane bits with an ordered compare against all-ones, a
   // NaN pattern, which never holds (it gathers nothing): pass the lane bits directly.
@@ -118,18 +122,18 @@ Vec<T> masked_gather(const T* base, const Vec<IndexOf<T>>& index, const Vec<T>& 
 
 // Tap t's values in plane, zero where invalid.
 template <typename T>
-Vec<T> gather_tap(const VecTaps<T>& b, int t, const T* plane) {
+DTIFAST_ALWAYS_INLINE Vec<T> gather_tap(const VecTaps<T>& b, int t, const T* plane) {
   return masked_gather<T>(plane, b.offset[t], b.valid[t], b.valid_bits[t]);
 }
 
 template <typename T>
-void gather_taps(const VecTaps<T>& b, const T* plane, Vec<T> (&v)[4]) {
+DTIFAST_ALWAYS_INLINE void gather_taps(const VecTaps<T>& b, const T* plane, Vec<T> (&v)[4]) {
   for (int t = 0; t < 4; ++t) v[t] = gather_tap(b, t, plane);
 }
 
 // bilinear_read for every lane, in its summation order.
 template <typename T>
-Vec<T> vec_read(const VecTaps<T>& b, const T* plane) {
+DTIFAST_ALWAYS_INLINE Vec<T> vec_read(const VecTaps<T>& b, const T* plane) {
   Vec<T> v[4];
   gather_taps(b, plane, v);
   return b.weight[0] * v[0] + b.weight[1] * v[1] + b.weight[2] * v[2] + b.weight[3] * v[3];
@@ -137,7 +141,8 @@ Vec<T> vec_read(const VecTaps<T>& b, const T* plane) {
 
 // The coordinate half of bilinear_backward: adds channel gradient g's share into (gix, giy).
 template <typename T>
-void vec_coordinate_grad(const VecTaps<T>& b, const T* plane, const Vec<T>& g, Vec<T>& gix, Vec<T>& giy) {
+DTIFAST_ALWAYS_INLINE void vec_coordinate_grad(const VecTaps<T>& b, const T* plane, const Vec<T>& g, Vec<T>& gix,
+                                               Vec<T>& giy) {
   Vec<T> v[4];
   gather_taps(b, plane, v);
   gix = gix + g * ((v[1] - v[0]) * b.wy1 + (v[3] - v[2]) * b.wy0);
@@ -276,7 +281,7 @@ void chunk_coords(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t coun
 }
 
 template <typename T>
-VecTaps<T> chunk_taps(const WarpArgs<T>& a, const PixelChunk<T>& s, int64_t j, int64_t count) {
+DTIFAST_ALWAYS_INLINE VecTaps<T> chunk_taps(const WarpArgs<T>& a, const PixelChunk<T>& s, int64_t j, int64_t count) {
   return vec_taps<T>(Vec<T>::loadu(s.ix + j, count), Vec<T>::loadu(s.iy + j, count), a.h, a.w, count);
 }
 
@@ -459,30 +464,39 @@ void packs_to_rows(const T* packs, T* rows) {
 template <typename T, int kPack>
 struct PackedGrad {
   T* data;        // planes of (pixels, kPack)
-  int64_t pixels; // per plane: h * w rounded up to whole vectors (the transposes read whole blocks)
+  int64_t trash;  // per plane: h * w rounded up to whole vectors (the transposes read whole blocks); then
+                  // Vec<T>::size() spare packs (redirect_invalid_taps)
+  int64_t pixels; // trash + Vec<T>::size()
 
   T* plane(int64_t c0) const { return data + (c0 / kPack) * pixels * kPack; }
 };
 
+// Sends the scatter of lane l's invalid taps to accumulator pack trash + l, which no input pixel owns and
+// nothing reads: pack_scatter then needs no test per tap and lane (tiles whose rows are narrower than a vector
+// have invalid taps in nearly every vector, and those tests were mispredicted branches). Such a tap's weight
+// is zero, and the valid taps' sums are unchanged.
+template <typename T>
+void redirect_invalid_taps(VecTaps<T>& b, int64_t trash) {
+  using I = Vec<IndexOf<T>>;
+  const I spare = I::arange(static_cast<IndexOf<T>>(trash), 1);
+  for (int t = 0; t < 4; ++t) {
+    I::blendv(spare, b.offset[t], at::vec::cast<IndexOf<T>>(b.valid[t])).store(b.lane_offset[t]);
+  }
+}
+
 // Adds the packs gt[l] (one per lane: its channels' gradients, channel-major within the pack) times each
-// tap's weight into the accumulator plane, lane by lane, taps in order (as scatter_taps).
+// tap's weight into the accumulator plane, lane by lane, taps in order (as scatter_taps); invalid taps
+// redirected (redirect_invalid_taps).
 template <typename T, int kPack>
 void pack_scatter(const VecTaps<T>& b, const T (*gt)[kPack], const T (*weight)[VecTaps<T>::kLanes], T* plane) {
   using P = typename ChannelPack<T, kPack>::type;
   constexpr int L = VecTaps<T>::kLanes;
   P* d = reinterpret_cast<P*>(plane);
-  if ((b.valid_bits[0] & b.valid_bits[1] & b.valid_bits[2] & b.valid_bits[3]) == (1 << L) - 1) {
-    for (int l = 0; l < L; ++l) {
-      const P g = *reinterpret_cast<const P*>(gt[l]);
-      for (int t = 0; t < 4; ++t) d[b.lane_offset[t][l]] += g * weight[t][l];
-    }
-    return;
-  }
   for (int l = 0; l < L; ++l) {
     const P g = *reinterpret_cast<const P*>(gt[l]);
-    for (int t = 0; t < 4; ++t) {
-      if ((b.valid_bits[t] >> l) & 1) d[b.lane_offset[t][l]] += g * weight[t][l];
-    }
+    // Through the offsets, not as nw + 1 etc.: the compiler would pair the neighbouring taps into 8-byte
+    // updates, which overlap the previous lane's by half and so defeat store-to-load forwarding.
+    for (int t = 0; t < 4; ++t) d[b.lane_offset[t][l]] += g * weight[t][l];
   }
 }
 
@@ -509,8 +523,11 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
     chunk_coords<T>(a, theta, p0, len, s);
     for (int64_t j = 0; j < len; j += L) {
       const int64_t count = std::min(L, len - j);
-      const VecTaps<T> b = chunk_taps(a, s, j, count);
-      for (int t = 0; t < 4 && acc.data; ++t) b.weight[t].store(weight[t]);
+      VecTaps<T> b = chunk_taps(a, s, j, count);
+      if (acc.data) {
+        redirect_invalid_taps(b, acc.trash);
+        for (int t = 0; t < 4; ++t) b.weight[t].store(weight[t]);
+      }
       Vec<T> gix(T(0)), giy(T(0));
       for (int64_t c0 = 0; c0 < a.C; c0 += kPack) {
         const int64_t channels = std::min<int64_t>(kPack, a.C - c0);
@@ -564,7 +581,8 @@ void vec_backward_packed(const WarpArgs<T>& a, const T* grad, const OutputsByInp
                          int64_t end, T* dx, T* dtheta) {
   constexpr int64_t L = Vec<T>::size();
   const int64_t hw = a.h * a.w, planes = (a.C + kPack - 1) / kPack;
-  PackedGrad<T, kPack> acc{nullptr, (hw + L - 1) / L * L};
+  const int64_t trash = (hw + L - 1) / L * L;
+  PackedGrad<T, kPack> acc{nullptr, trash, trash + L};
   // One accumulator per call of this function (per thread), reused for its input images.
   std::unique_ptr<T[]> storage(dx ? new T[planes * acc.pixels * kPack] : nullptr);
   acc.data = storage.get();
