@@ -15,6 +15,9 @@
 // warp_simd.h run instead (cpu_capability.h), with the same coordinates and summation order.
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "checks.h"
 #include "cpu_capability.h"
 #include "warp_kernel.h"
@@ -39,13 +42,16 @@ void scalar_forward(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
 }
 
 // Output n's backward: adds its input gradient into dx_image (nullptr: not needed) and its transform gradient
-// into dtheta_n (nullptr: not needed), pixel by pixel.
+// into dtheta_n (nullptr: not needed), pixel by pixel, the latter through lane_sums (kThetaLanes * P values,
+// partial (k, lane) at lane * P + k; warp_kernel.h kThetaLanes).
 template <typename T>
-void scalar_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, T* dx_image, T* dtheta_n) {
+void scalar_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, T* dx_image, T* dtheta_n,
+                            T* lane_sums) {
   const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
   const T* theta = a.theta + n * a.P;
   const T* img = a.x + a.input_of(n) * a.C * hw;
   const T* g = grad + n * a.C * HW;
+  if (dtheta_n) std::fill(lane_sums, lane_sums + kThetaLanes * a.P, T(0));
   for (int64_t i = 0; i < a.out_h; ++i) {
     for (int64_t j = 0; j < a.out_w; ++j) {
       T gx, gy;
@@ -57,22 +63,25 @@ void scalar_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, T* d
                              gix, giy);
       }
       if (dtheta_n) {
-        grid_point_backward<T>(a.mode, theta, a.basis, a.g2, i, j, a.out_w, gix * b.dx_mult, giy * b.dy_mult,
-                               dtheta_n);
+        T* sums = lane_sums + (i * a.out_w + j) % kThetaLanes * a.P;
+        grid_point_backward<T>(a.mode, theta, a.basis, a.g2, i, j, a.out_w, gix * b.dx_mult, giy * b.dy_mult, sums);
       }
     }
   }
+  if (dtheta_n) add_lane_sums(lane_sums, a.P, 1, a.P, dtheta_n);
 }
 
 template <typename T>
 void scalar_backward(const WarpArgs<T>& a, const T* grad, const OutputsByInput& outputs, int64_t begin, int64_t end,
                      T* dx, T* dtheta) {
   const int64_t image = a.C * a.h * a.w;
+  std::vector<T> lane_sums(dtheta ? kThetaLanes * a.P : 0);
   for (int64_t k = begin; k < end; ++k) {
     T* dx_image = dx ? dx + k * image : nullptr;
     if (dx_image) std::fill(dx_image, dx_image + image, T(0));
-    outputs.for_each_output(
-        k, [&](int64_t n) { scalar_backward_output(a, grad, n, dx_image, dtheta ? dtheta + n * a.P : nullptr); });
+    outputs.for_each_output(k, [&](int64_t n) {
+      scalar_backward_output(a, grad, n, dx_image, dtheta ? dtheta + n * a.P : nullptr, lane_sums.data());
+    });
   }
 }
 

@@ -58,9 +58,26 @@ struct WarpKernels {
   void (*transpose)(const T* src, int64_t rows, int64_t cols, T* dst);
 };
 
-// Adds the transform gradient of output pixels p0 .. p0 + count of a matrix mode (affine or projective),
-// whose grid gradients are (dgx, dgy), into dtheta: sampling.h grid_point_backward pixel by pixel, summed in
-// a local copy, which the compiler keeps in registers, instead of through memory; the same order of sums.
+// The transform gradient of one output is summed in kThetaLanes partial sums per parameter: output pixel p
+// (flattened over rows) adds into partial p % kThetaLanes, and the partials are then added in lane order
+// (add_lane_sums). The vector kernels keep the partials in vector lanes, one dependent addition per vector
+// of pixels where a single sum would chain one per pixel; the scalar kernels, the reference, sum the same
+// way, so both give the same bits.
+constexpr int64_t kThetaLanes = 16;
+
+// dtheta[k] += partial (k, lane) for lanes 0 .. kThetaLanes - 1 in order, for k < P; partial (k, lane) is
+// sums[k * param_stride + lane * lane_stride].
+template <typename T>
+inline void add_lane_sums(const T* sums, int64_t P, int64_t param_stride, int64_t lane_stride, T* dtheta) {
+  for (int64_t k = 0; k < P; ++k) {
+    for (int64_t lane = 0; lane < kThetaLanes; ++lane) dtheta[k] += sums[k * param_stride + lane * lane_stride];
+  }
+}
+
+// The render loss's placement gradient (render_simd.h): the transform gradient of output pixels
+// p0 .. p0 + count of a matrix mode (affine or projective), whose grid gradients are (dgx, dgy), added into
+// dtheta pixel by pixel (sampling.h grid_point_backward), in a local copy that the compiler keeps in
+// registers; the order of render_loss.cpp's scalar pass.
 template <typename T, int kMode>
 inline void add_matrix_grad_of(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, const T* dgx,
                                const T* dgy, T* dtheta) {

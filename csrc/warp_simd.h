@@ -252,19 +252,32 @@ void vec_matrix_coords_of(const WarpArgs<T>& a, const T* theta, int64_t p0, int6
 // transposed basis.
 template <typename T>
 void vec_tps_grid(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, T* gx, T* gy) {
-  constexpr int L = Vec<T>::size();
+  using V = Vec<T>;
+  constexpr int64_t L = V::size();
+  // Vectors of pixels summed side by side: a pixel's sum over the control points is a chain of dependent
+  // additions, and kBlock independent chains keep the adder busy.
+  constexpr int kBlock = 4;
   const int64_t HW = a.out_h * a.out_w;
-  for (int64_t j = 0; j < count; j += L) {
-    const int64_t n = std::min<int64_t>(L, count - j);
-    const T* weights = a.basis_columns + p0 + j;
-    Vec<T> ax(T(0)), ay(T(0));
-    for (int64_t g = 0; g < a.g2; ++g) {
-      const Vec<T> v = Vec<T>::loadu(weights + g * HW, n);
-      ax = ax + v * Vec<T>(theta[2 * g]);
-      ay = ay + v * Vec<T>(theta[2 * g + 1]);
+  for (int64_t j0 = 0; j0 < count; j0 += kBlock * L) {
+    int64_t n[kBlock];
+    V ax[kBlock], ay[kBlock];
+    for (int b = 0; b < kBlock; ++b) {
+      n[b] = std::clamp<int64_t>(count - j0 - b * L, 0, L);
+      ax[b] = ay[b] = V(T(0));
     }
-    ax.store(gx + j, n);
-    ay.store(gy + j, n);
+    for (int64_t g = 0; g < a.g2; ++g) {
+      const V tx(theta[2 * g]), ty(theta[2 * g + 1]);
+      const T* weights = a.basis_columns + g * HW + p0 + j0;
+      for (int b = 0; b < kBlock; ++b) {
+        const V v = V::loadu(weights + b * L, n[b]);
+        ax[b] = ax[b] + v * tx;
+        ay[b] = ay[b] + v * ty;
+      }
+    }
+    for (int b = 0; b < kBlock && n[b] > 0; ++b) {
+      ax[b].store(gx + j0 + b * L, n[b]);
+      ay[b].store(gy + j0 + b * L, n[b]);
+    }
   }
 }
 
@@ -306,34 +319,99 @@ void vec_forward(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
   }
 }
 
-// TPS transform gradient of output pixels p0 .. p0 + count with grid gradients (dgx, dgy): grid_point_backward's sums,
-// each control point's still over the pixels in order, Vec<T>::size() control points at a time in local
-// sums instead of one memory update per pixel and control point.
+// The transform gradient's partial sums of one output (warp_kernel.h kThetaLanes): partial (k, lane) at
+// sums[k * kThetaLanes + lane], so that chunk pixel q's lanes, q % kThetaLanes onwards, are one vector load.
+// Chunks start at multiples of kChunk, itself a multiple of kThetaLanes, so chunk pixel q is output pixel
+// p0 + q of the same lane.
 template <typename T>
-void vec_tps_theta_grad(const WarpArgs<T>& a, int64_t p0, int64_t count, const T* dgx, const T* dgy,
-                        T* dtheta) {
-  constexpr int L = Vec<T>::size();
-  const T* rows = a.basis + p0 * a.g2;
-  for (int64_t g0 = 0; g0 < a.g2; g0 += L) {
-    const int64_t n = std::min<int64_t>(L, a.g2 - g0);
-    alignas(64) T sx[L] = {}, sy[L] = {};
-    for (int64_t g = 0; g < n; ++g) {
-      sx[g] = dtheta[2 * (g0 + g)];
-      sy[g] = dtheta[2 * (g0 + g) + 1];
+constexpr int64_t kLaneVectors = kThetaLanes / Vec<T>::size();
+
+// Adds the transform gradients of a matrix mode's chunk pixels 0 .. count (grid gradients s.gix, s.giy,
+// basis values s.bx, s.by) into the partial sums: sampling.h grid_point_backward a vector of pixels at a
+// time, every operation in its order and rounding (the homogeneous divide's test as a select).
+template <typename T, int kMode>
+void vec_matrix_theta_grad_of(const T* theta, int64_t count, const PixelChunk<T>& s, T* sums) {
+  using V = Vec<T>;
+  constexpr int64_t L = V::size(), R = kLaneVectors<T>;
+  constexpr int kP = kMode == kAffine ? 6 : 9;
+  V acc[kP][R];
+  for (int k = 0; k < kP; ++k) {
+    for (int64_t r = 0; r < R; ++r) acc[k][r] = V::loadu(sums + k * kThetaLanes + r * L);
+  }
+  for (int64_t q = 0; q < count; q += L) {
+    // Lanes past count load zeros: zero gradients, which leave every partial sum as it is.
+    const int64_t n = std::min(L, count - q), r = (q / L) % R;
+    const V x = V::loadu(s.bx + q, n), y = V::loadu(s.by + q, n);
+    V du = V::loadu(s.gix + q, n), dv = V::loadu(s.giy + q, n);
+    if constexpr (kMode == kProjective) {
+      const V w = V(theta[6]) * x + V(theta[7]) * y + V(theta[8]);
+      const V u = V(theta[0]) * x + V(theta[1]) * y + V(theta[2]);
+      const V v = V(theta[3]) * x + V(theta[4]) * y + V(theta[5]);
+      const V eps(static_cast<T>(kHomogeneousEps));
+      const V divide = (w > eps) | (w < -eps);
+      const V inv = V(T(1)) / w;
+      const V dw = ((du * u + dv * v).neg() * inv * inv) & divide;
+      du = V::blendv(du, du * inv, divide);
+      dv = V::blendv(dv, dv * inv, divide);
+      acc[6][r] = acc[6][r] + dw * x;
+      acc[7][r] = acc[7][r] + dw * y;
+      acc[8][r] = acc[8][r] + dw;
     }
-    Vec<T> ax = Vec<T>::loadu(sx), ay = Vec<T>::loadu(sy);
-    for (int64_t j = 0; j < count; ++j) {
-      const Vec<T> r = Vec<T>::loadu(rows + j * a.g2 + g0, n);
-      ax = ax + r * Vec<T>(dgx[j]);
-      ay = ay + r * Vec<T>(dgy[j]);
-    }
-    ax.store(sx);
-    ay.store(sy);
-    for (int64_t g = 0; g < n; ++g) {
-      dtheta[2 * (g0 + g)] = sx[g];
-      dtheta[2 * (g0 + g) + 1] = sy[g];
+    acc[0][r] = acc[0][r] + du * x;
+    acc[1][r] = acc[1][r] + du * y;
+    acc[2][r] = acc[2][r] + du;
+    acc[3][r] = acc[3][r] + dv * x;
+    acc[4][r] = acc[4][r] + dv * y;
+    acc[5][r] = acc[5][r] + dv;
+  }
+  for (int k = 0; k < kP; ++k) {
+    for (int64_t r = 0; r < R; ++r) acc[k][r].store(sums + k * kThetaLanes + r * L);
+  }
+}
+
+// The same for TPS, control points g0 .. g0 + kGroup, chunk pixels 0 .. count of output pixels p0 onwards:
+// each control point's two partial sums over the pixels, its weights read from the transposed basis. A group
+// of control points shares the gradient loads, and its 2 kGroup sums are independent chains of additions.
+template <typename T, int kGroup>
+void vec_tps_theta_grad_group(const WarpArgs<T>& a, int64_t g0, int64_t p0, int64_t count, const PixelChunk<T>& s,
+                              T* sums) {
+  using V = Vec<T>;
+  constexpr int64_t L = V::size(), R = kLaneVectors<T>;
+  const int64_t HW = a.out_h * a.out_w;
+  const T* weights = a.basis_columns + g0 * HW + p0;
+  T* group_sums = sums + 2 * g0 * kThetaLanes;
+  V acc[2 * kGroup][R];
+  for (int k = 0; k < 2 * kGroup; ++k) {
+    for (int64_t r = 0; r < R; ++r) acc[k][r] = V::loadu(group_sums + k * kThetaLanes + r * L);
+  }
+  for (int64_t q = 0; q < count; q += L) {
+    const int64_t n = std::min(L, count - q), r = (q / L) % R;
+    const V dgx = V::loadu(s.gix + q, n), dgy = V::loadu(s.giy + q, n);
+    for (int g = 0; g < kGroup; ++g) {
+      const V weight = V::loadu(weights + g * HW + q, n);
+      acc[2 * g][r] = acc[2 * g][r] + weight * dgx;
+      acc[2 * g + 1][r] = acc[2 * g + 1][r] + weight * dgy;
     }
   }
+  for (int k = 0; k < 2 * kGroup; ++k) {
+    for (int64_t r = 0; r < R; ++r) acc[k][r].store(group_sums + k * kThetaLanes + r * L);
+  }
+}
+
+template <typename T>
+void vec_tps_theta_grad(const WarpArgs<T>& a, int64_t p0, int64_t count, const PixelChunk<T>& s, T* sums) {
+  constexpr int kGroup = 4;
+  int64_t g0 = 0;
+  for (; g0 + kGroup <= a.g2; g0 += kGroup) vec_tps_theta_grad_group<T, kGroup>(a, g0, p0, count, s, sums);
+  for (; g0 < a.g2; ++g0) vec_tps_theta_grad_group<T, 1>(a, g0, p0, count, s, sums);
+}
+
+template <typename T>
+void chunk_theta_grad(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, const PixelChunk<T>& s,
+                      T* sums) {
+  if (a.mode == kAffine) return vec_matrix_theta_grad_of<T, kAffine>(theta, count, s, sums);
+  if (a.mode == kProjective) return vec_matrix_theta_grad_of<T, kProjective>(theta, count, s, sums);
+  vec_tps_theta_grad(a, p0, count, s, sums);
 }
 
 // The input gradient is summed pixel-major: an accumulator holds, per input pixel, the gradients of kPack
@@ -501,10 +579,10 @@ void pack_scatter(const VecTaps<T>& b, const T (*gt)[kPack], const T (*weight)[V
 }
 
 // One output's backward: its input gradient into acc (if data is not null), its transform gradient into
-// dtheta_n (if not null).
+// dtheta_n (if not null) through theta_sums (kThetaLanes * P partial sums, vec_matrix_theta_grad_of).
 template <typename T, int kPack>
 void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const PackedGrad<T, kPack>& acc,
-                         T* dtheta_n) {
+                         T* dtheta_n, T* theta_sums) {
   constexpr int64_t L = Vec<T>::size();
   const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
   const bool want_coords = dtheta_n != nullptr;
@@ -518,6 +596,7 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
   alignas(64) T gc_rows[kPack][L] = {};
   alignas(64) T gt[L][kPack];
   alignas(64) T weight[4][L];
+  if (want_coords) std::fill(theta_sums, theta_sums + kThetaLanes * a.P, T(0));
   for (int64_t p0 = 0; p0 < HW; p0 += kChunk) {
     const int64_t len = std::min(kChunk, HW - p0);
     chunk_coords<T>(a, theta, p0, len, s);
@@ -542,21 +621,13 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
       }
       if (want_coords) {
         // bilinear_backward skips samples without a valid tap: their coordinate gradient is exactly zero.
-        (gix & b.any_valid).store(s.gix + j, count);
-        (giy & b.any_valid).store(s.giy + j, count);
+        ((gix & b.any_valid) * Vec<T>::loadu(s.dx_mult + j, count)).store(s.gix + j, count);
+        ((giy & b.any_valid) * Vec<T>::loadu(s.dy_mult + j, count)).store(s.giy + j, count);
       }
     }
-    if (!want_coords) continue;
-    for (int64_t j = 0; j < len; ++j) {
-      s.gix[j] *= s.dx_mult[j];
-      s.giy[j] *= s.dy_mult[j];
-    }
-    if (a.mode == kTps) {
-      vec_tps_theta_grad(a, p0, len, s.gix, s.giy, dtheta_n);
-    } else {
-      add_matrix_grad<T>(a, theta, p0, len, s.gix, s.giy, dtheta_n);
-    }
+    if (want_coords) chunk_theta_grad(a, theta, p0, len, s, theta_sums);
   }
+  if (want_coords) add_lane_sums(theta_sums, a.P, kThetaLanes, 1, dtheta_n);
 }
 
 // The accumulator's packs transposed into dx_image (C, h, w).
@@ -586,10 +657,11 @@ void vec_backward_packed(const WarpArgs<T>& a, const T* grad, const OutputsByInp
   // One accumulator per call of this function (per thread), reused for its input images.
   std::unique_ptr<T[]> storage(dx ? new T[planes * acc.pixels * kPack] : nullptr);
   acc.data = storage.get();
+  std::unique_ptr<T[]> theta_sums(dtheta ? new T[kThetaLanes * a.P] : nullptr);
   for (int64_t k = begin; k < end; ++k) {
     if (acc.data) std::fill(acc.data, acc.data + planes * acc.pixels * kPack, T(0));
     outputs.for_each_output(k, [&](int64_t n) {
-      vec_backward_output<T, kPack>(a, grad, n, acc, dtheta ? dtheta + n * a.P : nullptr);
+      vec_backward_output<T, kPack>(a, grad, n, acc, dtheta ? dtheta + n * a.P : nullptr, theta_sums.get());
     });
     if (acc.data) unpack_grad<T, kPack>(a, acc, dx + k * a.C * hw);
   }
