@@ -114,3 +114,24 @@ def test_opcheck(op, suffix):
     args = _opcheck_cases(torch.float64)[op]
     args = tuple(a.requires_grad_() if i < FUSED_OPS[op] and a is not None else a for i, a in enumerate(args))
     torch.library.opcheck(getattr(torch.ops.dtifast, f"{op}{suffix}"), args)
+
+
+@pytest.mark.parametrize("op", sorted(op for op, n in FUSED_OPS.items() if n))
+def test_eager_entry_has_the_registered_autograd_formula(op):
+    # Eager calls take a lighter autograd.Function around the kernel (_library._eager_autograd); it must give
+    # the registered op's output and gradients bit for bit, also when only some inputs want a gradient.
+    from dtifast.ops._library import fused_op
+    n_diff = FUSED_OPS[op]
+    eager, registered = fused_op(op, "cpu"), getattr(torch.ops.dtifast, op)
+    assert eager is not registered
+    for wanted in (set(range(n_diff)), {n_diff - 1}):
+        results = []
+        for fn in (eager, registered):
+            args = tuple(a.detach().clone().requires_grad_(i in wanted) if isinstance(a, torch.Tensor) else a
+                         for i, a in enumerate(_opcheck_cases(torch.float64)[op]))
+            out = fn(*args)
+            cotangent = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+            grads = torch.autograd.grad(out, [args[i] for i in sorted(wanted)], cotangent)
+            results.append((out.detach(), *grads))
+        for a, b in zip(*results):
+            assert torch.equal(a, b), op

@@ -81,14 +81,16 @@ def triton_on_cpu() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1" or os.environ.get("DTIFAST_TRITON_COMPILE_ONLY", "0") == "1"
 
 
+def _runs_on(backend: str, device: torch.device) -> bool:
+    if backend in ("cpu", "cuda"):
+        return device.type == backend
+    if backend == "triton":
+        return device.type == "cuda" or (device.type == "cpu" and triton_on_cpu())
+    return True
+
+
 def _check_device(backend: str, device: torch.device) -> None:
-    ok = {
-        "torch": True,
-        "cpu": device.type == "cpu",
-        "cuda": device.type == "cuda",
-        "triton": device.type == "cuda" or (device.type == "cpu" and triton_on_cpu()),
-    }[backend]
-    if not ok:
+    if not _runs_on(backend, device):
         where = "CUDA tensors" if backend in ("cuda", "triton") else "CPU tensors"
         extra = " (or CPU tensors with TRITON_INTERPRET=1)" if backend == "triton" else ""
         raise BackendError(f"backend {backend!r} runs on {where}{extra}, got tensors on {device}")
@@ -120,6 +122,9 @@ def _loadable(backend: str) -> Optional[str]:
     return triton_error() if backend == "triton" else None
 
 
+# Cached: the kernels are registered when the modules load, and asking the dispatcher took as long as the
+# kernel of a small op.
+@functools.lru_cache(maxsize=None)
 def _has_kernel(op: str, key: str) -> bool:
     try:
         return torch._C._dispatch_has_kernel_for_dispatch_key(f"dtifast::{op}", key)

@@ -10,7 +10,8 @@ Every fused op has one contract, the same on the C++/CUDA backends (``dtifast::<
   custom op returns tensors only.
 
 :func:`register_autograd` attaches the fake (meta) kernels and the autograd formula to such a pair, so
-``torch.compile`` traces through every op and autograd sees one node per kernel, on every backend.
+``torch.compile`` traces through every op and autograd sees one node per kernel, on every backend. Eager
+calls take the same formula through a lighter ``autograd.Function`` (:func:`fused_op`).
 """
 from __future__ import annotations
 
@@ -77,6 +78,31 @@ def register_autograd(name: str, *, forward_fake: Callable, n_diff: int, with_ne
         return (*(g if need else None for g, need in zip(grads, needs)), *([None] * (len(inputs) - n_diff)))
 
     torch.library.register_autograd(f"dtifast::{name}", grad_fn, setup_context=setup_context)
+    _EAGER[name] = _eager_autograd(name, getattr(torch.ops.dtifast, name), setup_context, grad_fn)
+
+
+# name -> the eager entry of dtifast::<name> (_eager_autograd), filled by register_autograd.
+_EAGER: dict[str, Callable] = {}
+
+
+def _eager_autograd(name: str, op: NativeOp, setup_context: Callable, grad_fn: Callable) -> Callable:
+    """The same autograd formula as an ``autograd.Function`` around the op's kernel, for eager calls.
+
+    ``torch.library``'s autograd wrapper costs tens of microseconds per call in Python (it re-fills the
+    schema's defaults, looks for a fake mode, builds an ``autograd.Function`` call): as much as the whole
+    kernel of a small warp. This ``Function`` calls the kernel below the autograd key directly and keeps
+    the same ``setup_context`` and ``grad_fn``, so gradients are identical; ``torch.compile`` still traces
+    the registered op (:func:`fused_op`).
+    """
+    def forward(ctx: Any, *inputs: Any) -> Any:
+        with torch._C._AutoDispatchBelowAutograd():
+            output = op(*inputs)
+        setup_context(ctx, inputs, output)
+        return output
+
+    function = type(f"{name}_eager", (torch.autograd.Function,),
+                    {"forward": staticmethod(forward), "backward": staticmethod(grad_fn)})
+    return function.apply
 
 
 def define_triton_op(name: str, forward: Callable, backward: Callable, n_diff: int, with_needs: bool = True) -> None:
@@ -97,7 +123,11 @@ def backward_op_name(name: str) -> str:
     return f"{stem}_backward{triton}"
 
 
-def fused_op(name: str, backend: str) -> NativeOp:
+def fused_op(name: str, backend: str) -> Callable:
     """The custom op that runs ``name`` on a fused backend: ``dtifast::<name>`` on ``cpu`` / ``cuda`` (the
-    dispatcher picks the kernel by device), ``dtifast::<name>_triton`` on ``triton``."""
-    return getattr(torch.ops.dtifast, f"{name}_triton" if backend == "triton" else name)
+    dispatcher picks the kernel by device), ``dtifast::<name>_triton`` on ``triton``. Called eagerly, the
+    op's lighter eager entry with the same autograd formula (:func:`_eager_autograd`), where it has one."""
+    op_name = f"{name}_triton" if backend == "triton" else name
+    if not torch.compiler.is_compiling() and op_name in _EAGER:
+        return _EAGER[op_name]
+    return getattr(torch.ops.dtifast, op_name)

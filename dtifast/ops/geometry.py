@@ -26,6 +26,13 @@ HOMOGENEOUS_EPS = 1e-8
 F = TypeVar("F", bound=Callable)
 
 
+def _in_fake_mode() -> bool:
+    # The active fake mode sits in the dispatcher's FAKE mode slot: a C++ lookup, where detect_fake_mode
+    # walks the Python mode stack (as long as a small warp's kernel, on every call). Dynamo's tracing context
+    # is covered by is_compiling.
+    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
+
+
 def device_cached(fn: F) -> F:
     """An ``lru_cache`` of a function returning constant tensors, bypassed while ``torch.compile`` traces
     (the constants then belong in its graph) or a fake-tensor mode is active (a fake tensor must neither be
@@ -34,7 +41,7 @@ def device_cached(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args):
-        if torch.compiler.is_compiling() or detect_fake_mode() is not None:
+        if torch.compiler.is_compiling() or _in_fake_mode():
             return fn(*args)
         return cached(*args)
 
