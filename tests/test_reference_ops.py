@@ -85,6 +85,33 @@ def test_position_zero_params_is_scale_two():
                                torch.tensor([[[2.0, 0, 0], [0, 2.0, 0]]], dtype=D))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_position_and_similarity_matrices_are_their_formulas_bit_for_bit(dtype):
+    # Built as one matrix product (geometry._LINEAR_MAPS); the entries and the gradients must be those of the
+    # formulas in the docstrings, written out entry by entry here.
+    def position(p):
+        s, tx, ty = p.unbind(1)
+        scale = torch.exp(s) + 1
+        zero = torch.zeros_like(s)
+        return torch.stack([scale, zero, tx, zero, scale, ty], 1).view(-1, 2, 3)
+
+    def similarity(p):
+        a, b, tx, ty = p.unbind(1)
+        return torch.stack([a + 1, -b, tx, b, a + 1, ty], 1).view(-1, 2, 3)
+
+    g = torch.Generator().manual_seed(3)
+    for fn, formula, n in ((G.position_matrix, position, 3), (G.similarity_matrix, similarity, 4)):
+        params = torch.randn(40, n, generator=g, dtype=dtype)
+        cotangent = torch.randn(40, 2, 3, generator=g, dtype=dtype)
+        results = []
+        for f in (fn, formula):
+            p = params.clone().requires_grad_()
+            out = f(p)
+            results.append((out.detach(), *torch.autograd.grad(out, p, cotangent)))
+        for actual, expected in zip(*results):
+            assert torch.equal(actual, expected), fn.__name__
+
+
 def test_translation_moves_pattern_by_expected_pixels():
     x = torch.zeros(1, 1, 8, 8, dtype=D)
     x[0, 0, 3, 2] = 1.0

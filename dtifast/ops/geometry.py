@@ -49,21 +49,42 @@ def device_cached(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# The matrices that are linear in (functions of) the raw parameters, as one matrix product: theta =
+# inputs @ MAP + BIAS, with theta row-major (N, 6). One autograd node where the stacked form made a dozen,
+# which on small warps cost as much as the warp's kernel. Bit for bit the stacked form: every entry of MAP is
+# 0 or ±1, so each output is one exact product plus exact zeros, then the bias added.
+_LINEAR_MAPS = {
+    # (e^s, tx, ty) -> [e^s + 1, 0, tx, 0, e^s + 1, ty]
+    "position": ([[1, 0, 0, 0, 1, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1]], [1, 0, 0, 0, 1, 0]),
+    # (a, b, tx, ty) -> [a + 1, -b, tx, b, a + 1, ty]
+    "similarity": ([[1, 0, 0, 0, 1, 0], [0, -1, 0, 1, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1]],
+                   [1, 0, 0, 0, 1, 0]),
+}
+
+
+@device_cached
+def _linear_map(name: str, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    weights, bias = _LINEAR_MAPS[name]
+    return (torch.tensor(weights, dtype=dtype, device=device), torch.tensor(bias, dtype=dtype, device=device))
+
+
+def _apply_linear_map(name: str, inputs: torch.Tensor) -> torch.Tensor:
+    weights, bias = _linear_map(name, inputs.dtype, inputs.device)
+    return torch.addmm(bias, inputs, weights).view(-1, 2, 3)
+
+
 def position_matrix(params: torch.Tensor) -> torch.Tensor:
     """``(N, 3)`` raw ``(s, tx, ty)`` → ``(N, 2, 3)`` matrix ``[[e^s + 1, 0, tx], [0, e^s + 1, ty]]``.
 
     The ``+1`` is upstream's identity added to ``e^s·I``: zero parameters give a scale of 2, i.e. the
     layer's sprite covers half the image in each direction.
     """
-    scale = torch.exp(params[:, 0]) + 1
-    zero = torch.zeros_like(scale)
-    return torch.stack([scale, zero, params[:, 1], zero, scale, params[:, 2]], 1).view(-1, 2, 3)
+    return _apply_linear_map("position", torch.cat([torch.exp(params[:, :1]), params[:, 1:]], 1))
 
 
 def similarity_matrix(params: torch.Tensor) -> torch.Tensor:
     """``(N, 4)`` raw ``(a, b, tx, ty)`` → ``(N, 2, 3)`` matrix ``[[a + 1, -b, tx], [b, a + 1, ty]]``."""
-    a, b, tx, ty = params.unbind(1)
-    return torch.stack([a + 1, -b, tx, b, a + 1, ty], 1).view(-1, 2, 3)
+    return _apply_linear_map("similarity", params)
 
 
 def affine_matrix(params: torch.Tensor) -> torch.Tensor:
