@@ -16,6 +16,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <mutex>
 #include <vector>
 
 #include "checks.h"
@@ -102,14 +104,59 @@ WarpKernels<T> kernels_for(const WarpArgs<T>& a) {
   return scalar;
 }
 
+// Transposed TPS bases of recent calls, reused while the same basis tensor comes back unchanged (the same
+// tensor, so the same storage, and the same version): Python passes one cached basis per grid size, output
+// size, dtype and device (geometry.tps_weights), so a training loop transposes each basis once instead of in
+// every forward and backward (on 128 x 128 outputs that took a sixth of the warp's forward). Entries hold
+// their source tensor, so its memory cannot be reused by another tensor while it is cached.
+class TransposedBases {
+ public:
+  // The cached transpose of basis, or an undefined tensor.
+  at::Tensor find(const at::Tensor& basis) {
+    if (basis.is_inference()) return {};  // no version counter to tell a modified basis
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const Entry& e : entries_) {
+      if (e.source.is_same(basis) && e.version == basis._version()) return e.columns;
+    }
+    return {};
+  }
+
+  void add(const at::Tensor& basis, const at::Tensor& columns) {
+    if (basis.is_inference()) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_[next_] = {basis, basis._version(), columns};
+    next_ = (next_ + 1) % kEntries;
+  }
+
+ private:
+  struct Entry {
+    at::Tensor source;
+    int64_t version = 0;
+    at::Tensor columns;
+  };
+  static constexpr int kEntries = 4;  // a model warps to a few output sizes at most
+  std::mutex mutex_;
+  std::array<Entry, kEntries> entries_;
+  int next_ = 0;
+};
+
+TransposedBases& transposed_bases() {
+  static TransposedBases cache;
+  return cache;
+}
+
 // The transposed TPS basis that the vector kernels read (WarpArgs::basis_columns), set in a; the returned
 // tensor holds it (undefined where not needed). Transposed by the table's vector code: ATen's strided copy
 // (basis.t().contiguous()) took as long as a 128 x 128 warp's forward.
 template <typename T>
 at::Tensor set_basis_columns(WarpArgs<T>& a, const WarpKernels<T>& kernels, const at::Tensor& basis) {
   if (a.mode != kTps || kernels.transpose == nullptr) return {};
-  at::Tensor columns = at::empty({a.g2, a.out_h * a.out_w}, basis.options());
-  kernels.transpose(basis.const_data_ptr<T>(), a.out_h * a.out_w, a.g2, columns.mutable_data_ptr<T>());
+  at::Tensor columns = transposed_bases().find(basis);
+  if (!columns.defined()) {
+    columns = at::empty({a.g2, a.out_h * a.out_w}, basis.options());
+    kernels.transpose(basis.const_data_ptr<T>(), a.out_h * a.out_w, a.g2, columns.mutable_data_ptr<T>());
+    transposed_bases().add(basis, columns);
+  }
   a.basis_columns = columns.const_data_ptr<T>();
   return columns;
 }

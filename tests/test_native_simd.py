@@ -165,6 +165,32 @@ def test_vector_path_matches_scalar_for_channel_counts(kind, channels, dtype, na
 
 
 @pytest.mark.parametrize("name", VECTOR_PATHS)
+def test_tps_basis_changed_in_place_is_transposed_again(name):
+    # The vector path keeps the transposed bases of recent calls (warp.cpp TransposedBases): a basis changed
+    # in place, or another basis, must not be served the old transpose.
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(2, 3, 6, 7, generator=g)
+    theta = ops.geometry.tps_control_points(4, torch.float32).expand(2, 16, 2) + 0.1 * torch.randn(2, 16, 2, generator=g)
+    basis = ops.geometry.tps_weights(4, (5, 6), torch.float32, torch.device("cpu")).clone()
+    other = basis.flip(0).contiguous()
+
+    def run(b):
+        out = OPS.warp_theta(x, theta, b, None, 2, 5, 6, False)
+        dx, dtheta = OPS.warp_theta_backward(torch.ones_like(out), x, theta, b, None, 2, 5, 6, False, True, True)
+        return out, dx, dtheta
+
+    with cpu_capability(name):
+        first = run(basis)
+        basis.mul_(0.5)
+        changed, swapped = run(basis), run(other)
+    with cpu_capability("scalar"):
+        expected_changed, expected_swapped = run(basis), run(other)
+    assert not torch.equal(first[0], changed[0])
+    _assert_scalar_bits(changed, expected_changed, name)
+    _assert_scalar_bits(swapped, expected_swapped, name)
+
+
+@pytest.mark.parametrize("name", VECTOR_PATHS)
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_vector_path_is_thread_count_independent(kind, name):
     def run():
