@@ -170,7 +170,8 @@ def test_tps_basis_changed_in_place_is_transposed_again(name):
     # in place, or another basis, must not be served the old transpose.
     g = torch.Generator().manual_seed(5)
     x = torch.rand(2, 3, 6, 7, generator=g)
-    theta = ops.geometry.tps_control_points(4, torch.float32).expand(2, 16, 2) + 0.1 * torch.randn(2, 16, 2, generator=g)
+    control = ops.geometry.tps_control_points(4, torch.float32)
+    theta = control.expand(2, 16, 2) + 0.1 * torch.randn(2, 16, 2, generator=g)
     basis = ops.geometry.tps_weights(4, (5, 6), torch.float32, torch.device("cpu")).clone()
     other = basis.flip(0).contiguous()
 
