@@ -9,8 +9,9 @@
 // the scalar path's; the TPS grid's sums over the control points run in grid_point's order. Then the
 // bilinear sampling: floor, weights, tap masks and offsets, masked gathers, and in the backward the
 // coordinate gradient. The transform gradient is summed in the 16 lane partial sums of warp_kernel.h
-// kThetaLanes (grid_point_backward on a vector of pixels, as the scalar path sums). The input gradient is summed in channel packs (one vector add per
-// tap for all of a pixel's channels, see ChannelPack), lane by lane in pixel order, so results keep the
+// kThetaLanes (grid_point_backward on a vector of pixels, as the scalar path sums). The input gradient is
+// summed in channel packs (one vector add per tap for all of a pixel's channels, see ChannelPack), lane by
+// lane in pixel order, so results keep the
 // scalar path's summation order (and the backward stays deterministic: one thread owns each input image).
 #pragma once
 
