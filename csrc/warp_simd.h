@@ -11,8 +11,8 @@
 // coordinate gradient. The transform gradient is summed in the 16 lane partial sums of warp_kernel.h
 // kThetaLanes (grid_point_backward on a vector of pixels, as the scalar path sums). The input gradient is
 // summed in channel packs (one vector add per tap for all of a pixel's channels, see ChannelPack), lane by
-// lane in pixel order, so results keep the
-// scalar path's summation order (and the backward stays deterministic: one thread owns each input image).
+// lane in pixel order, so results keep the scalar path's summation order (and the backward stays
+// deterministic: one thread owns each input image).
 #pragma once
 
 #ifndef CPU_CAPABILITY
