@@ -108,8 +108,8 @@ WarpKernels<T> kernels_for(const WarpArgs<T>& a) {
 // tensor, so the same storage, and the same version): Python passes one cached basis per grid size, output
 // size, dtype and device (geometry.tps_weights), so a training loop transposes each basis once instead of in
 // every forward and backward (on 8 x 5 x 128 x 128 outputs the cache took a TPS forward+backward from 1.86 to
-// 1.63 ms). Entries hold
-// their source tensor, so its memory cannot be reused by another tensor while it is cached.
+// 1.63 ms). Entries hold their source tensor, so its memory cannot be reused by another tensor while it is
+// cached.
 class TransposedBases {
  public:
   // The cached transpose of basis, or an undefined tensor.
