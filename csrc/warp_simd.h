@@ -54,6 +54,11 @@ struct VecTaps {
   alignas(64) IndexOf<T> lane_offset[4][kLanes];  // the same per lane, for the scatter
   int valid_bits[4];                      // valid as bit masks: lane l is bit l
 
+  // No lane has a valid tap: the samples are all zero and have no gradient. Placements leave much of the
+  // canvas outside the sprite (a position warp at the bench's scales samples outside for 50-85% of the
+  // canvas), so the kernels skip such vectors.
+  bool none_valid() const { return (valid_bits[0] | valid_bits[1] | valid_bits[2] | valid_bits[3]) == 0; }
+
   // User-provided: an implicit constructor would be compiled without this file's target pragma, and
   // then could not inline Vectorized's (it would be an out-of-line call per block).
   VecTaps() {}
@@ -314,6 +319,10 @@ void vec_forward(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
     for (int64_t j = 0; j < len; j += L) {
       const int64_t count = std::min(L, len - j);
       const VecTaps<T> b = chunk_taps(a, s, j, count);
+      if (b.none_valid()) {
+        for (int64_t c = 0; c < a.C; ++c) Vec<T>(T(0)).store(o + c * HW + j, count);
+        continue;
+      }
       for (int64_t c = 0; c < a.C; ++c) vec_read(b, img + c * hw).store(o + c * HW + j, count);
     }
     q += len;
@@ -604,6 +613,15 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
     for (int64_t j = 0; j < len; j += L) {
       const int64_t count = std::min(L, len - j);
       VecTaps<T> b = chunk_taps(a, s, j, count);
+      if (b.none_valid()) {
+        // Nothing to scatter (every tap would go to the spare packs) and, as below, a zero coordinate
+        // gradient.
+        if (want_coords) {
+          Vec<T>(T(0)).store(s.gix + j, count);
+          Vec<T>(T(0)).store(s.giy + j, count);
+        }
+        continue;
+      }
       if (acc.data) {
         redirect_invalid_taps(b, acc.trash);
         for (int t = 0; t < 4; ++t) b.weight[t].store(weight[t]);

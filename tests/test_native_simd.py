@@ -8,6 +8,7 @@ float rounding), and bit-identical results on 1 and 2 threads:
 * warps: every kind, padding, with and without ``index=``, at output widths that leave a partial vector
   (1, 7, 13, 17) or span several row chunks (70); input and transform gradients; channel counts that
   fill each width of the input gradient's channel packs (4, 8, 16) partly or wholly, and several packs;
+  transforms that send whole vectors of output pixels outside the input (which the vector kernels skip);
 * compositing (``composite_layers``, ``composite_candidates``, ``candidate_distances``): with and without
   backgrounds, at pixel counts that leave a partial vector or span several work chunks of 2048 pixels;
   every input's gradient;
