@@ -79,10 +79,12 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
           const T* sprite = d.sprites + lb * S;
           VecPlaced<T>& q = placed[l];
           q.taps = chunk_taps(warp, rows[l], j, n);
-          for (int64_t c = 0; c < C; ++c) col[l * C + c] = vec_read(q.taps, sprite + c * hw);
-          q.pre = vec_read(q.taps, sprite + C * hw);
+          // Pixels outside the sprite read zeros (VecTaps::none_valid: most of the canvas, for small sprites).
+          const bool outside = q.taps.none_valid();
+          for (int64_t c = 0; c < C; ++c) col[l * C + c] = outside ? V(T(0)) : vec_read(q.taps, sprite + c * hw);
+          q.pre = outside ? V(T(0)) : vec_read(q.taps, sprite + C * hw);
           if (d.noise) {
-            q.canvas = vec_read(q.taps, sprite + (C + 1) * hw);
+            q.canvas = outside ? V(T(0)) : vec_read(q.taps, sprite + (C + 1) * hw);
             q.noise = V::loadu(d.noise + lb * HW + p, n);
             q.pre = q.pre + q.canvas * q.noise;
             m[l] = vec_softclip(q.pre, slope);
@@ -122,6 +124,14 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
           const V dpre = d.noise ? dm[l] * vec_softclip_grad(q.pre, slope) : dm[l];
           if (grads->dnoise) (dpre * q.canvas).store(grads->dnoise + lb * HW + p, n);
           const V dcanvas = dpre * q.noise;
+          if (q.taps.none_valid()) {
+            // No coordinate gradient (as below) and nothing to scatter.
+            if (grads->dtheta) {
+              V(T(0)).store(rows[l].gix + j, n);
+              V(T(0)).store(rows[l].giy + j, n);
+            }
+            continue;
+          }
           if (grads->dtheta) {
             V gix(T(0)), giy(T(0));
             for (int64_t c = 0; c < C; ++c) vec_coordinate_grad(q.taps, sprite + c * hw, dcol[l * C + c], gix, giy);
