@@ -304,6 +304,24 @@ DTIFAST_ALWAYS_INLINE VecTaps<T> chunk_taps(const WarpArgs<T>& a, const PixelChu
   return vec_taps<T>(Vec<T>::loadu(s.ix + j, count), Vec<T>::loadu(s.iy + j, count), a.h, a.w, count);
 }
 
+// The kernels prefetch the input a few chunks ahead: where the inputs outgrow the caches, the gathers
+// otherwise wait on memory (on 320 x 5 x 128 x 128 images the forward took 90 ms without, 68 with; sprite
+// batches that fit the last-level cache gain up to 15%, smaller ones nothing measurable). Where a warp reads
+// is known only from its coordinates, so the prefetch takes the identity's share: each image is prefetched
+// once, in the order of its rows, while its output is made.
+constexpr int64_t kPrefetchChunks = 2;
+
+// Prefetches the share of an image's C planes of plane_size values that output pixels [p, p + kChunk) of HW
+// read under the identity warp: the same fraction of each plane.
+template <typename T>
+DTIFAST_ALWAYS_INLINE void prefetch_share(const T* image, int64_t C, int64_t plane_size, int64_t HW, int64_t p) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  const int64_t lo = p * plane_size / HW / kLine * kLine, hi = std::min(plane_size, (p + kChunk) * plane_size / HW);
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t k = lo; k < hi; k += kLine) __builtin_prefetch(image + c * plane_size + k);
+  }
+}
+
 // Output pixels are taken flattened over rows, so a vector spans row ends (an output row narrower than
 // or not a multiple of the vector would leave lanes idle).
 template <typename T>
@@ -316,6 +334,12 @@ void vec_forward(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
     const T* img = a.x + a.input_of(n) * a.C * hw;
     T* o = out + n * a.C * HW + p0;
     chunk_coords<T>(a, a.theta + n * a.P, p0, len, s);
+    const int64_t ahead = p0 + kPrefetchChunks * kChunk;
+    if (ahead < HW) {
+      prefetch_share(img, a.C, hw, HW, ahead);
+    } else if (q - p0 + HW < end) {  // the next output's image, if this thread makes that output
+      prefetch_share(a.x + a.input_of(n + 1) * a.C * hw, a.C, hw, HW, ahead - HW);
+    }
     for (int64_t j = 0; j < len; j += L) {
       const int64_t count = std::min(L, len - j);
       const VecTaps<T> b = chunk_taps(a, s, j, count);
@@ -610,6 +634,10 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
   for (int64_t p0 = 0; p0 < HW; p0 += kChunk) {
     const int64_t len = std::min(kChunk, HW - p0);
     chunk_coords<T>(a, theta, p0, len, s);
+    // The input, for the coordinate gradient's gathers (prefetching the output gradient, read in order,
+    // gained nothing).
+    const int64_t ahead = p0 + kPrefetchChunks * kChunk;
+    if (want_coords && ahead < HW) prefetch_share(img, a.C, hw, HW, ahead);
     for (int64_t j = 0; j < len; j += L) {
       const int64_t count = std::min(L, len - j);
       VecTaps<T> b = chunk_taps(a, s, j, count);
