@@ -360,6 +360,23 @@ void vec_forward(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
 template <typename T>
 constexpr int64_t kLaneVectors = kThetaLanes / Vec<T>::size();
 
+// The partial sums of K parameters (consecutive rows of kThetaLanes at sums) to and from vector registers.
+template <typename T, int K>
+DTIFAST_ALWAYS_INLINE void load_lane_sums(const T* sums, Vec<T> (&acc)[K][kLaneVectors<T>]) {
+  constexpr int64_t L = Vec<T>::size();
+  for (int k = 0; k < K; ++k) {
+    for (int64_t r = 0; r < kLaneVectors<T>; ++r) acc[k][r] = Vec<T>::loadu(sums + k * kThetaLanes + r * L);
+  }
+}
+
+template <typename T, int K>
+DTIFAST_ALWAYS_INLINE void store_lane_sums(const Vec<T> (&acc)[K][kLaneVectors<T>], T* sums) {
+  constexpr int64_t L = Vec<T>::size();
+  for (int k = 0; k < K; ++k) {
+    for (int64_t r = 0; r < kLaneVectors<T>; ++r) acc[k][r].store(sums + k * kThetaLanes + r * L);
+  }
+}
+
 // Adds the transform gradients of a matrix mode's chunk pixels 0 .. count (grid gradients s.gix, s.giy,
 // basis values s.bx, s.by) into the partial sums: sampling.h grid_point_backward a vector of pixels at a
 // time, every operation in its order and rounding (the homogeneous divide's test as a select).
@@ -369,9 +386,7 @@ void vec_matrix_theta_grad_of(const T* theta, int64_t count, const PixelChunk<T>
   constexpr int64_t L = V::size(), R = kLaneVectors<T>;
   constexpr int kP = kMode == kAffine ? 6 : 9;
   V acc[kP][R];
-  for (int k = 0; k < kP; ++k) {
-    for (int64_t r = 0; r < R; ++r) acc[k][r] = V::loadu(sums + k * kThetaLanes + r * L);
-  }
+  load_lane_sums<T, kP>(sums, acc);
   for (int64_t q = 0; q < count; q += L) {
     // Lanes past count load zeros: zero gradients, which leave every partial sum as it is.
     const int64_t n = std::min(L, count - q), r = (q / L) % R;
@@ -398,9 +413,7 @@ void vec_matrix_theta_grad_of(const T* theta, int64_t count, const PixelChunk<T>
     acc[4][r] = acc[4][r] + dv * y;
     acc[5][r] = acc[5][r] + dv;
   }
-  for (int k = 0; k < kP; ++k) {
-    for (int64_t r = 0; r < R; ++r) acc[k][r].store(sums + k * kThetaLanes + r * L);
-  }
+  store_lane_sums<T, kP>(acc, sums);
 }
 
 // The same for TPS, control points g0 .. g0 + kGroup, chunk pixels 0 .. count of output pixels p0 onwards:
@@ -415,9 +428,7 @@ void vec_tps_theta_grad_group(const WarpArgs<T>& a, int64_t g0, int64_t p0, int6
   const T* weights = a.basis_columns + g0 * HW + p0;
   T* group_sums = sums + 2 * g0 * kThetaLanes;
   V acc[2 * kGroup][R];
-  for (int k = 0; k < 2 * kGroup; ++k) {
-    for (int64_t r = 0; r < R; ++r) acc[k][r] = V::loadu(group_sums + k * kThetaLanes + r * L);
-  }
+  load_lane_sums<T, 2 * kGroup>(group_sums, acc);
   for (int64_t q = 0; q < count; q += L) {
     const int64_t n = std::min(L, count - q), r = (q / L) % R;
     const V dgx = V::loadu(s.gix + q, n), dgy = V::loadu(s.giy + q, n);
@@ -427,9 +438,7 @@ void vec_tps_theta_grad_group(const WarpArgs<T>& a, int64_t g0, int64_t p0, int6
       acc[2 * g + 1][r] = acc[2 * g + 1][r] + weight * dgy;
     }
   }
-  for (int k = 0; k < 2 * kGroup; ++k) {
-    for (int64_t r = 0; r < R; ++r) acc[k][r].store(group_sums + k * kThetaLanes + r * L);
-  }
+  store_lane_sums<T, 2 * kGroup>(acc, group_sums);
 }
 
 template <typename T>
