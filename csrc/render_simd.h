@@ -81,10 +81,11 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
           q.taps = chunk_taps(warp, rows[l], j, n);
           // Pixels outside the sprite read zeros (VecTaps::none_valid: most of the canvas, for small sprites).
           const bool outside = q.taps.none_valid();
-          for (int64_t c = 0; c < C; ++c) col[l * C + c] = outside ? V(T(0)) : vec_read(q.taps, sprite + c * hw);
-          q.pre = outside ? V(T(0)) : vec_read(q.taps, sprite + C * hw);
+          const auto read = [&](int64_t plane) { return outside ? V(T(0)) : vec_read(q.taps, sprite + plane * hw); };
+          for (int64_t c = 0; c < C; ++c) col[l * C + c] = read(c);
+          q.pre = read(C);
           if (d.noise) {
-            q.canvas = outside ? V(T(0)) : vec_read(q.taps, sprite + (C + 1) * hw);
+            q.canvas = read(C + 1);
             q.noise = V::loadu(d.noise + lb * HW + p, n);
             q.pre = q.pre + q.canvas * q.noise;
             m[l] = vec_softclip(q.pre, slope);
@@ -125,11 +126,8 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
           if (grads->dnoise) (dpre * q.canvas).store(grads->dnoise + lb * HW + p, n);
           const V dcanvas = dpre * q.noise;
           if (q.taps.none_valid()) {
-            // No coordinate gradient (as below) and nothing to scatter.
-            if (grads->dtheta) {
-              V(T(0)).store(rows[l].gix + j, n);
-              V(T(0)).store(rows[l].giy + j, n);
-            }
+            // No coordinate gradient and nothing to scatter.
+            if (grads->dtheta) store_zero_coordinate_grads(rows[l], j, n);
             continue;
           }
           if (grads->dtheta) {

@@ -299,6 +299,13 @@ void chunk_coords(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t coun
   }
 }
 
+// Chunk pixels j .. j + count have no valid tap (VecTaps::none_valid): their coordinate gradient is zero.
+template <typename T>
+DTIFAST_ALWAYS_INLINE void store_zero_coordinate_grads(PixelChunk<T>& s, int64_t j, int64_t count) {
+  Vec<T>(T(0)).store(s.gix + j, count);
+  Vec<T>(T(0)).store(s.giy + j, count);
+}
+
 template <typename T>
 DTIFAST_ALWAYS_INLINE VecTaps<T> chunk_taps(const WarpArgs<T>& a, const PixelChunk<T>& s, int64_t j, int64_t count) {
   return vec_taps<T>(Vec<T>::loadu(s.ix + j, count), Vec<T>::loadu(s.iy + j, count), a.h, a.w, count);
@@ -670,12 +677,8 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
       const int64_t count = std::min(L, len - j);
       VecTaps<T> b = chunk_taps(a, s, j, count);
       if (b.none_valid()) {
-        // Nothing to scatter (every tap would go to the spare packs) and, as below, a zero coordinate
-        // gradient.
-        if (want_coords) {
-          Vec<T>(T(0)).store(s.gix + j, count);
-          Vec<T>(T(0)).store(s.giy + j, count);
-        }
+        // Nothing to scatter (every tap would go to the spare packs) and a zero coordinate gradient.
+        if (want_coords) store_zero_coordinate_grads(s, j, count);
         continue;
       }
       if (acc.data) {
