@@ -134,7 +134,9 @@ def _load_train_config(args: argparse.Namespace, config: Optional[str]) -> Optio
 
 
 def _train_main(args: argparse.Namespace) -> int:
+    from .allocator import retain_freed_memory
     from .train import Trainer
+    retain_freed_memory()  # a process that trains: steps reuse their freed tensors without page faults
     if args.config is None and not args.resume:
         raise ValueError("give a CONFIG (or --resume to continue the run in --out)")
     cfg = _load_train_config(args, args.config)
@@ -181,7 +183,9 @@ def _pictures_main(args: argparse.Namespace) -> int:
 
 
 def _sweep_main(args: argparse.Namespace) -> int:
+    from .allocator import retain_freed_memory
     from .sweep import parse_k_range, sweep_k
+    retain_freed_memory()
     ks = parse_k_range(args.k)
     cfg = _load_train_config(args, args.config)
     result = sweep_k(cfg, ks, args.out, data_root=args.data_root, device=args.device,

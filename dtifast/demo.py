@@ -88,6 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="override a value of configs/tetro-tiny.yml")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
+    from .allocator import retain_freed_memory
+    retain_freed_memory()  # the training steps reuse their freed tensors without page faults
     res = run_demo(args.out, args.n_images, args.overrides, args.device)
     print(f"\nTetrominoes demo ({res['iterations']} iterations on {res['device']}, {res['threads']} threads):")
     print(f"  ARI-FG {100 * res['ari_fg']:.1f}  ARI {100 * res['ari']:.1f}  mIoU {100 * res['miou']:.1f}  "
