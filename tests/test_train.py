@@ -227,6 +227,17 @@ def test_schedule_pieces():
         sched.step()
     # Milestone 0.5 of 4 epochs = epoch 2; only the networks decay (gamma 1 for the sprites).
     assert lrs == [[2e-3, 2e-3], [2e-3, 2e-3], [2e-3, pytest.approx(2e-4)], [2e-3, pytest.approx(2e-4)]]
+    # Two milestones compound per group, and a gamma above 1 raises that group's rate (tetro-tiny's sprites).
+    opt = build_optimizer(model, {"name": "adam", "lr": 1e-3, "cluster": {"lr": 3e-3}})
+    sched, _ = build_scheduler(opt, {"name": "multi_step", "gamma": [2, 0.3], "milestones": [0.4, 0.7]},
+                               n_epochs=10, n_iterations=100)
+    lrs = []
+    for _ in range(10):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert lrs[3] == pytest.approx([3e-3, 1e-3]) and lrs[4] == pytest.approx([6e-3, 3e-4])
+    assert lrs[6] == pytest.approx([6e-3, 3e-4]) and lrs[7] == pytest.approx([1.2e-2, 9e-5])
     with pytest.raises(ConfigError, match="gamma has 3 values"):
         build_scheduler(opt, {"name": "multi_step", "gamma": [1, 1, 1], "milestones": [1]}, 4, 40)
     with pytest.raises(ConfigError, match="scheduler.name"):
