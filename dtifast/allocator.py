@@ -3,7 +3,7 @@
 A CPU training step allocates the same large tensors every iteration (the sprite bank expanded over the
 batch, the candidates, their gradients). glibc's ``malloc`` hands such blocks back to the system when they
 are freed (``munmap`` above its mmap threshold, or trimming the top of the heap), so the next step's tensor
-of the same size page-faults on its first write: about 0.25 ms per MB on a 2-core AMD EPYC, 15–25 % of a
+of the same size page-faults on its first write: about 0.25 ms per MB on a 2-core AMD EPYC, 10–30 % of a
 Tetrominoes ResNet-20 step at batch 32 (docs/benchmarks.md). Raising both thresholds keeps the blocks in
 the process for the next step, as PyTorch's CPU tuning guide gets from jemalloc or tcmalloc.
 

@@ -1,4 +1,4 @@
-"""dtifast.allocator: freed blocks stay in the process, so a second tensor of the same size does not
+"""dtifast.allocator: freed blocks stay in the process, so a second block of the same size does not
 page-fault; and the entry points that train turn it on.
 
 Each check runs in a fresh interpreter: the setting is process-wide and must not leak into other tests.
