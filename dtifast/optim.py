@@ -106,8 +106,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, sched_cfg: Optional[Mappin
     """The LR scheduler and its update range (``"epoch"`` or ``"batch"``).
 
     ``multi_step``: factor ``gamma_g ** (number of milestones passed)`` per group ``g`` (``gamma`` a number
-    or one per group; above 1 it raises the group's rate); float milestones are fractions of the run. ``cosine_annealing``: half cosine to 0
-    over the run. ``exp_lr``: ``gamma ** step``. ``constant_lr`` / null: constant.
+    or one per group; above 1 it raises the group's rate); float milestones are fractions of the run.
+    ``cosine_annealing``: half cosine to 0 over the run. ``exp_lr``: ``gamma ** step``. ``constant_lr`` /
+    null: constant.
     """
     sched_cfg = dict(sched_cfg or {})
     name = sched_cfg.get("name") or "constant_lr"
