@@ -8,7 +8,7 @@ eager). Op cases, training step and timers are :mod:`dtifast.bench`'s, so these 
 
 Usage::
 
-    python benchmarks/bench_native_cpu.py [--configs tetro dsprites ...] [--batch 8] [--repeats 3]
+    python benchmarks/bench_native_cpu.py [--configs tetro dsprites ...] [--batch 8] [--repeats 5]
         [--ops warp_position warp_tps ...] [--no-step] [--out benchmarks/results/native_cpu.md]
 
 ``--ops`` and ``--no-step`` measure a subset (e.g. while tuning one kernel); write such a partial run to
@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from dtifast.bench.machine import machine_info, peak_memory, time_call
+from dtifast.bench.machine import machine_info, peak_memory, time_interleaved
 from dtifast.bench.ops import ALL_CONFIGS, OP_CASES, Skip, prepare, shapes_for
 from dtifast.bench.train_step import TrainStep
 from dtifast.ops._backend import implements
@@ -69,14 +69,15 @@ def bench_ops(config: str, batch: int, repeats: int, ops: list[str]) -> list[str
         if not case.applies(shapes):
             continue
         for mode in case.modes:
-            times = {}
+            runners = {}
             for provider in PROVIDERS:
                 try:
-                    runner, _ = prepare(case, shapes, provider, CPU, mode)
+                    runners[provider], _ = prepare(case, shapes, provider, CPU, mode)
                 except Skip:
-                    times[provider] = None
-                    continue
-                times[provider] = time_call(runner, CPU, warmup=1, repeats=repeats, min_time_s=OP_MIN_TIME_S).median
+                    pass
+            timed = time_interleaved(runners, CPU, warmup=1, repeats=repeats, min_time_s=OP_MIN_TIME_S) \
+                if runners else {}
+            times = {provider: timed[provider].median if provider in timed else None for provider in PROVIDERS}
             rows.append(f"| {config} | {op} | {mode} | {_ms(times['torch'])} | {_ms(times['cpu'])} | "
                         f"{_speedup(times['torch'], times['cpu'])} |")
             print(rows[-1], flush=True)
@@ -86,14 +87,11 @@ def bench_ops(config: str, batch: int, repeats: int, ops: list[str]) -> list[str
 def bench_step(config: str, batch: int, repeats: int) -> dict[str, float]:
     """Median seconds of one training step per provider, and of its encoder's forward and backward alone
     (``"encoder"``: the same torch code on every provider, so the step cannot beat eager by more than
-    eager / encoder)."""
-    out = {}
-    for provider in PROVIDERS:
-        step = TrainStep(config, provider, batch, CPU)
-        out[provider] = time_call(step, CPU, warmup=1, repeats=repeats).median
-    out["encoder"] = time_call(lambda: step.model.encoder(step.x).sum().backward(), CPU, warmup=1,
-                               repeats=repeats).median
-    return out
+    eager / encoder). The three are timed in turn, one call each per round."""
+    steps = {provider: TrainStep(config, provider, batch, CPU) for provider in PROVIDERS}
+    step = steps[PROVIDERS[-1]]
+    calls = {**steps, "encoder": lambda: step.model.encoder(step.x).sum().backward()}
+    return {name: timing.median for name, timing in time_interleaved(calls, CPU, warmup=1, repeats=repeats).items()}
 
 
 def rss_growth(config: str, provider: str, batch: int) -> Optional[int]:
@@ -138,7 +136,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ops", nargs="+", default=NATIVE_OPS, choices=NATIVE_OPS, metavar="OP",
                         help="native ops to measure (default: all)")
     parser.add_argument("--no-step", action="store_true", help="skip the training step and its peak RSS")
@@ -155,8 +153,9 @@ def main() -> None:
              f"Machine: {info.get('cpu', '?')}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
              f"commit {info.get('commit', '?')}, load average at start {info.get('load_average')} (the machine is "
              f"shared: a high load inflates every figure). Float32, after one warm-up: ops the median of at least "
-             f"{args.repeats} calls and {OP_MIN_TIME_S} s of calls, steps the median of {args.repeats}; "
-             "`fwd+bwd` is forward and backward of every differentiable input.", "",
+             f"{args.repeats} calls and {OP_MIN_TIME_S} s of calls, steps the median of {args.repeats}; eager and "
+             "C++ (and a step's encoder) are timed in turn, call by call, so that load from other jobs falls on "
+             "both. `fwd+bwd` is forward and backward of every differentiable input.", "",
              f"## Ops at batch {args.batch}", "",
              "| config | op | mode | eager ms | C++ ms | speedup |", "|---|---|---|---:|---:|---:|"]
     for config in args.configs:

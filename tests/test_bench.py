@@ -14,7 +14,7 @@ import torch
 
 from dtifast import ops
 from dtifast.bench import run_report
-from dtifast.bench.machine import Timing, cpu_peak_probe_available, peak_memory, time_call
+from dtifast.bench.machine import Timing, cpu_peak_probe_available, peak_memory, time_call, time_interleaved
 from dtifast.bench.ops import (COMPILE, OP_CASES, Skip, make_inputs, make_runner, op_function, shapes_for)
 from dtifast.bench.train_step import TrainStep, max_batch_from_growth
 from dtifast.cli import main as cli_main
@@ -144,6 +144,28 @@ def test_time_call_samples_until_min_time():
     timing = time_call(lambda: time.sleep(0.002), CPU, warmup=0, repeats=2, min_time_s=0.03)
     assert 10 <= timing.repeats <= 16 and timing.median >= 0.002
     assert time_call(lambda: None, CPU, warmup=0, repeats=2, min_time_s=10.0, max_repeats=7).repeats == 7
+
+
+def test_time_interleaved_calls_in_turn_and_rotates_the_first():
+    calls = []
+    timings = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b"),
+                                "c": lambda: calls.append("c")}, CPU, warmup=1, repeats=3)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up
+    assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert set(timings) == {"a", "b", "c"} and all(t.repeats == 3 for t in timings.values())
+    with pytest.raises(ValueError, match="empty"):
+        time_interleaved({}, CPU)
+    with pytest.raises(ValueError, match="repeats"):
+        time_interleaved({"a": lambda: None}, CPU, repeats=0)
+
+
+def test_time_interleaved_samples_until_the_slowest_has_min_time():
+    # The slow function sets the number of rounds; the fast one is timed as often, in the same rounds.
+    timings = time_interleaved({"fast": lambda: time.sleep(0.001), "slow": lambda: time.sleep(0.004)}, CPU,
+                               warmup=0, repeats=2, min_time_s=0.03)
+    assert timings["fast"].repeats == timings["slow"].repeats
+    assert 4 <= timings["fast"].repeats <= 8
+    assert timings["fast"].median < timings["slow"].median
 
 
 @pytest.mark.skipif(not cpu_peak_probe_available(), reason="needs Linux /proc/self/clear_refs")

@@ -2,7 +2,8 @@
 
 Timing: ``warmup`` untimed calls, then ``repeats`` timed ones; the median is the figure, the 20th and
 80th percentiles show the spread (Liger's p50/p20/p80). On CUDA each call is bracketed by CUDA events
-after a synchronisation; on the CPU by ``time.perf_counter``.
+after a synchronisation; on the CPU by ``time.perf_counter``. Functions that are compared with each other
+can be timed in turn, call by call (:func:`time_interleaved`), so that load from other jobs falls on all.
 
 Peak memory:
 
@@ -24,7 +25,7 @@ import statistics
 import subprocess
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
 
@@ -123,6 +124,25 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def _timed_call(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds of one call of ``fn``, its device work included."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    start_s = time.perf_counter()
+    fn()
+    return time.perf_counter() - start_s
+
+
+def _timing(times: list[float]) -> Timing:
+    times = sorted(times)
+    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times))
+
+
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 1, repeats: int = 5,
               min_time_s: float = 0.0, max_repeats: int = 1000) -> Timing:
     """Time ``fn()`` (which must do the whole unit of work, e.g. forward and backward).
@@ -131,27 +151,40 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 1, repe
     ``max_repeats``): on a shared machine a fast op gets preempted in some calls, and the median of
     many calls is robust to that where the median of three is not.
     """
+    return time_interleaved({"fn": fn}, device, warmup, repeats, min_time_s, max_repeats)["fn"]
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], Any]], device: torch.device, warmup: int = 1,
+                     repeats: int = 5, min_time_s: float = 0.0, max_repeats: int = 1000) -> dict[str, Timing]:
+    """Time several functions call by call in turn, for comparing them on a shared machine.
+
+    Each round calls every function once; the next round starts with the next function. A burst of load
+    from other jobs then slows every column alike, where timing one function's calls after the other's
+    puts the whole burst into one column (single ratios moved by up to 2x that way on the 2-core box).
+    Rounds go on until every function has ``repeats`` calls and the slowest one's total has reached
+    ``min_time_s`` (or ``max_repeats`` rounds are done); every function gets the same number of calls.
+
+    Returns:
+        ``{name: Timing}`` for every name of ``fns``.
+    """
     if repeats < 1 or warmup < 0 or max_repeats < repeats:
         raise ValueError(f"need repeats >= 1, warmup >= 0 and max_repeats >= repeats, got repeats={repeats}, "
                          f"warmup={warmup}, max_repeats={max_repeats}")
-    for _ in range(warmup):
-        fn()
+    if not fns:
+        raise ValueError("fns is empty: nothing to time")
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
     synchronize(device)
-    times: list[float] = []
-    while len(times) < repeats or (sum(times) < min_time_s and len(times) < max_repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            start_s = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start_s)
-    times.sort()
-    return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8), len(times))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    rounds = 0
+    while rounds < repeats or (max(sum(t) for t in times.values()) < min_time_s and rounds < max_repeats):
+        for i in range(len(names)):
+            name = names[(rounds + i) % len(names)]
+            times[name].append(_timed_call(fns[name], device))
+        rounds += 1
+    return {name: _timing(times[name]) for name in names}
 
 
 def _proc_status_bytes(key: str) -> Optional[int]:
