@@ -160,11 +160,12 @@ def test_time_interleaved_calls_in_turn_and_rotates_the_first():
 
 
 def test_time_interleaved_samples_until_the_slowest_has_min_time():
-    # The slow function sets the number of rounds; the fast one is timed as often, in the same rounds.
+    # The slow function sets the number of rounds (at most 8 of its >= 4 ms calls reach 30 ms; the fast one's
+    # >= 1 ms calls would take up to 30); the fast one is timed as often, in the same rounds.
     timings = time_interleaved({"fast": lambda: time.sleep(0.001), "slow": lambda: time.sleep(0.004)}, CPU,
                                warmup=0, repeats=2, min_time_s=0.03)
     assert timings["fast"].repeats == timings["slow"].repeats
-    assert 4 <= timings["fast"].repeats <= 8
+    assert 2 <= timings["fast"].repeats <= 8
     assert timings["fast"].median < timings["slow"].median
 
 
