@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import platform
+from typing import Optional
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,13 @@ M_MMAP_THRESHOLD = -3
 # Blocks up to this size come from the heap and stay there once freed; the heap's top is given back only
 # past the same size. 1 GiB is above any tensor of a step at the bundled configs' batch sizes.
 THRESHOLD_BYTES = 1 << 30
+
+
+@functools.lru_cache(maxsize=None)
+def c_library() -> Optional[ctypes.CDLL]:
+    """The process's C library (for ``mallopt``, ``malloc_trim``), or None where ctypes cannot find it."""
+    name = ctypes.util.find_library("c")
+    return None if name is None else ctypes.CDLL(name)
 
 
 def retain_freed_memory(threshold_bytes: int = THRESHOLD_BYTES) -> bool:
@@ -45,7 +54,10 @@ def retain_freed_memory(threshold_bytes: int = THRESHOLD_BYTES) -> bool:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         logger.debug("retain_freed_memory: not glibc (%s), allocator left as it is", platform.libc_ver())
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = c_library()
+    if libc is None:
+        logger.debug("retain_freed_memory: no C library found, allocator left as it is")
+        return False
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = bool(mallopt(M_MMAP_THRESHOLD, threshold_bytes)) and bool(mallopt(M_TRIM_THRESHOLD, threshold_bytes))

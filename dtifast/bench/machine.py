@@ -17,8 +17,6 @@ Peak memory:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import os
 import platform
 import statistics
@@ -28,6 +26,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 import torch
+
+from ..allocator import c_library
 
 
 def _cpu_name() -> str:
@@ -199,11 +199,8 @@ def _proc_status_bytes(key: str) -> Optional[int]:
 
 
 def _malloc_trim() -> None:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    libc = ctypes.CDLL(name)
-    if hasattr(libc, "malloc_trim"):
+    libc = c_library()
+    if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
 
 
