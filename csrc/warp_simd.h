@@ -311,12 +311,21 @@ DTIFAST_ALWAYS_INLINE VecTaps<T> chunk_taps(const WarpArgs<T>& a, const PixelChu
   return vec_taps<T>(Vec<T>::loadu(s.ix + j, count), Vec<T>::loadu(s.iy + j, count), a.h, a.w, count);
 }
 
-// The kernels prefetch the input a few chunks ahead: where the inputs outgrow the caches, the gathers
-// otherwise wait on memory (on 320 x 5 x 128 x 128 images the forward took 90 ms without, 68 with; sprite
-// batches that fit the last-level cache gain up to 15%, smaller ones nothing measurable). Where a warp reads
-// is known only from its coordinates, so the prefetch takes the identity's share: each image is prefetched
-// once, in the order of its rows, while its output is made.
+// The kernels prefetch the input ahead of the pixels they make: where the inputs outgrow the caches, the
+// gathers otherwise wait on memory (on 320 x 5 x 128 x 128 images the forward took 90 ms without, 68 with;
+// sprite batches that fit the last-level cache gain up to 15%, smaller ones nothing measurable). Where a warp
+// reads is known only from its coordinates, so the prefetch takes the identity's share: each image is
+// prefetched once, in the order of its rows, while its output is made, kPrefetchRows output rows ahead (at
+// least kPrefetchChunks chunks). Warped samples stray a few rows from that share (by up to 3 rows of 128 for
+// a TPS whose control points move by 0.05, as the bench's), and prefetching 2 chunks (one row) ahead left the
+// gathers of 320 x 3 x 128 x 128 sprites waiting: forward+backward at 2 threads took 165-200 ms (affine,
+// TPS) then, 130-160 ms 8 rows ahead.
 constexpr int64_t kPrefetchChunks = 2;
+constexpr int64_t kPrefetchRows = 8;
+
+DTIFAST_ALWAYS_INLINE int64_t prefetch_distance(int64_t out_w) {
+  return std::max(kPrefetchChunks * kChunk, kPrefetchRows * out_w);
+}
 
 // Prefetches the share of an image's C planes of plane_size values that output pixels [p, p + kChunk) of HW
 // read under the identity warp: the same fraction of each plane.
@@ -341,7 +350,7 @@ void vec_forward(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
     const T* img = a.x + a.input_of(n) * a.C * hw;
     T* o = out + n * a.C * HW + p0;
     chunk_coords<T>(a, a.theta + n * a.P, p0, len, s);
-    const int64_t ahead = p0 + kPrefetchChunks * kChunk;
+    const int64_t ahead = p0 + prefetch_distance(a.out_w);
     if (ahead < HW) {
       prefetch_share(img, a.C, hw, HW, ahead);
     } else if (q - p0 + HW < end) {  // the next output's image, if this thread makes that output
@@ -671,7 +680,7 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
     chunk_coords<T>(a, theta, p0, len, s);
     // The input, for the coordinate gradient's gathers (prefetching the output gradient, read in order,
     // gained nothing).
-    const int64_t ahead = p0 + kPrefetchChunks * kChunk;
+    const int64_t ahead = p0 + prefetch_distance(a.out_w);
     if (want_coords && ahead < HW) prefetch_share(img, a.C, hw, HW, ahead);
     for (int64_t j = 0; j < len; j += L) {
       const int64_t count = std::min(L, len - j);
