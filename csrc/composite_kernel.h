@@ -157,21 +157,27 @@ void pack_composite_backward(const CompositeArgs<typename Pack::T>& a, const typ
 
 // out_{m K + k} = (1 - m_k) bg_m + m_k x_k (dtifast/ops/reference.py composite_candidates, same order of
 // operations); m_k x_k without backgrounds.
+// The candidate kernels run over one plane (a layer's channel, a mask) at a time, pixels innermost: a few
+// streams at once, where a pixel-outer loop read and wrote K (C + 1) + M C planes side by side, too many
+// streams for the prefetchers once the planes are not in the caches (the single-object models' candidates
+// come from the warps, which have just moved other data through them).
 template <typename Pack>
 void pack_candidates_forward(const CandidateArgs<typename Pack::T>& a, int64_t b, int64_t p0, int64_t p1,
                              typename Pack::T* out) {
   using T = typename Pack::T;
   using V = typename Pack::V;
   const int64_t K = a.K, M = a.M, B = a.B, C = a.C, HW = a.HW;
-  for (int64_t p = p0; p < p1; p += Pack::kLanes) {
-    const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
-    for (int64_t k = 0; k < K; ++k) {
-      const V mk = Pack::load(a.mask(k, b) + p, n), keep = V(T(1)) - mk;
-      for (int64_t c = 0; c < C; ++c) {
-        const V fg = mk * Pack::load(a.layer(k, b) + c * HW + p, n);
-        for (int64_t mi = 0; mi < M; ++mi) {
-          T* o = out + ((b * M * K + mi * K + k) * C + c) * HW + p;
-          Pack::store(o, a.bgs ? keep * Pack::load(a.bgs + ((mi * B + b) * C + c) * HW + p, n) + fg : fg, n);
+  for (int64_t k = 0; k < K; ++k) {
+    const T* mask = a.mask(k, b);
+    for (int64_t c = 0; c < C; ++c) {
+      const T* x = a.layer(k, b) + c * HW;
+      for (int64_t mi = 0; mi < M; ++mi) {
+        T* o = out + ((b * M * K + mi * K + k) * C + c) * HW;
+        const T* bg = a.bgs ? a.bgs + ((mi * B + b) * C + c) * HW : nullptr;
+        for (int64_t p = p0; p < p1; p += Pack::kLanes) {
+          const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
+          const V mk = Pack::load(mask + p, n), fg = mk * Pack::load(x + p, n);
+          Pack::store(o + p, bg ? (V(T(1)) - mk) * Pack::load(bg + p, n) + fg : fg, n);
         }
       }
     }
@@ -179,6 +185,8 @@ void pack_candidates_forward(const CandidateArgs<typename Pack::T>& a, int64_t b
 }
 
 // d x_k = m_k sum_m g_mk; d m_k = sum_c (x_k sum_m g_mk - sum_m g_mk bg_m); d bg_m = sum_k g_mk (1 - m_k).
+// The sums over c (d m_k) and k (d bg_m) are kept in the gradients themselves, started from zero, so each
+// is summed in the same order as in one register.
 template <typename Pack>
 void pack_candidates_backward(const CandidateArgs<typename Pack::T>& a, const typename Pack::T* grad, int64_t b,
                               int64_t p0, int64_t p1, typename Pack::T* dlayers, typename Pack::T* dmasks,
@@ -186,67 +194,68 @@ void pack_candidates_backward(const CandidateArgs<typename Pack::T>& a, const ty
   using T = typename Pack::T;
   using V = typename Pack::V;
   const int64_t K = a.K, M = a.M, B = a.B, C = a.C, HW = a.HW;
-  for (int64_t p = p0; p < p1; p += Pack::kLanes) {
-    const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
-    for (int64_t k = 0; k < K; ++k) {
-      const V mk = Pack::load(a.mask(k, b) + p, n);
-      V dm(T(0));
-      for (int64_t c = 0; c < C; ++c) {
+  const bool want_dbgs = dbgs && a.bgs;
+  for (int64_t k = 0; k < K; ++k) {
+    const T* mask = a.mask(k, b);
+    T* dm = dmasks ? dmasks + (k * B + b) * HW : nullptr;
+    for (int64_t c = 0; c < C; ++c) {
+      const T* x = a.layer(k, b) + c * HW;
+      T* dx = dlayers ? dlayers + ((k * B + b) * C + c) * HW : nullptr;
+      for (int64_t p = p0; p < p1; p += Pack::kLanes) {
+        const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
+        const V mk = Pack::load(mask + p, n);
         V gsum(T(0)), gbg(T(0));
         for (int64_t mi = 0; mi < M; ++mi) {
           const V g = Pack::load(grad + ((b * M * K + mi * K + k) * C + c) * HW + p, n);
           gsum += g;
           if (a.bgs) gbg += g * Pack::load(a.bgs + ((mi * B + b) * C + c) * HW + p, n);
+          if (want_dbgs) {
+            T* d = dbgs + ((mi * B + b) * C + c) * HW + p;
+            Pack::store(d, (k == 0 ? V(T(0)) : Pack::load(d, n)) + g * (V(T(1)) - mk), n);
+          }
         }
-        const V x = Pack::load(a.layer(k, b) + c * HW + p, n);
-        if (dlayers) Pack::store(dlayers + ((k * B + b) * C + c) * HW + p, mk * gsum, n);
-        dm += x * gsum - gbg;
-      }
-      if (dmasks) Pack::store(dmasks + (k * B + b) * HW + p, dm, n);
-    }
-    for (int64_t mi = 0; mi < M && dbgs && a.bgs; ++mi) {
-      for (int64_t c = 0; c < C; ++c) {
-        V acc(T(0));
-        for (int64_t k = 0; k < K; ++k) {
-          const V keep = V(T(1)) - Pack::load(a.mask(k, b) + p, n);
-          acc += Pack::load(grad + ((b * M * K + mi * K + k) * C + c) * HW + p, n) * keep;
-        }
-        Pack::store(dbgs + ((mi * B + b) * C + c) * HW + p, acc, n);
+        if (dx) Pack::store(dx + p, mk * gsum, n);
+        const V term = Pack::load(x + p, n) * gsum - gbg;
+        if (dm) Pack::store(dm + p, (c == 0 ? V(T(0)) : Pack::load(dm + p, n)) + term, n);
       }
     }
   }
 }
 
 // Per candidate sum over the pixels of (out_mk - x)^2, out_mk as in pack_candidates_forward; summed per lane
-// in pixel order, then over the lanes.
+// in pixel order (channels in order within a pixel), then over the lanes. One sprite k at a time, so that the
+// pixel loop reads its planes and the image's rather than every sprite's at once.
 template <typename Pack>
 void pack_distances_forward(const CandidateArgs<typename Pack::T>& a, const typename Pack::T* x, int64_t b,
                             int64_t p0, int64_t p1, typename Pack::T* sse) {
   using T = typename Pack::T;
   using V = typename Pack::V;
   const int64_t K = a.K, M = a.M, C = a.C, HW = a.HW;
-  PackArray<V> acc(M * K);
-  for (int64_t j = 0; j < M * K; ++j) acc[j] = V(T(0));
-  for (int64_t p = p0; p < p1; p += Pack::kLanes) {
-    const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
-    for (int64_t k = 0; k < K; ++k) {
-      const V mk = Pack::load(a.mask(k, b) + p, n), keep = V(T(1)) - mk;
+  PackArray<V> acc(M);
+  for (int64_t k = 0; k < K; ++k) {
+    const T* mask = a.mask(k, b);
+    for (int64_t mi = 0; mi < M; ++mi) acc[mi] = V(T(0));
+    for (int64_t p = p0; p < p1; p += Pack::kLanes) {
+      const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
+      const V mk = Pack::load(mask + p, n), keep = V(T(1)) - mk;
       for (int64_t c = 0; c < C; ++c) {
         const V fg = mk * Pack::load(a.layer(k, b) + c * HW + p, n), xc = Pack::load(x + (b * C + c) * HW + p, n);
         for (int64_t mi = 0; mi < M; ++mi) {
           const V out = a.bgs ? keep * Pack::load(a.bgs + ((mi * a.B + b) * C + c) * HW + p, n) + fg : fg;
           const V e = out - xc;
-          acc[mi * K + k] += e * e;
+          acc[mi] += e * e;
         }
       }
     }
+    for (int64_t mi = 0; mi < M; ++mi) sse[mi * K + k] += Pack::sum(acc[mi]);
   }
-  for (int64_t j = 0; j < M * K; ++j) sse[j] += Pack::sum(acc[j]);
 }
 
 // With e_mk = out_mk - x and g_mk = 2 e_mk grad[b, mk] scale (the gradient of out_mk):
 //   d x_k = m_k sum_m g_mk;  d m_k = sum_c (x_k sum_m g_mk - sum_m g_mk bg_m);  d bg_m = sum_k g_mk (1 - m_k);
 //   d x = -sum_mk g_mk.
+// One sprite k at a time (as the forward); the sums over k (d bg_m, d x) are kept in those gradients, started
+// from zero, so each is summed in the same order as in one register.
 template <typename Pack>
 void pack_distances_backward(const CandidateArgs<typename Pack::T>& a, const typename Pack::T* x,
                              const typename Pack::T* grad, typename Pack::T scale, int64_t b, int64_t p0,
@@ -255,14 +264,14 @@ void pack_distances_backward(const CandidateArgs<typename Pack::T>& a, const typ
   using T = typename Pack::T;
   using V = typename Pack::V;
   const int64_t K = a.K, M = a.M, B = a.B, C = a.C, HW = a.HW;
-  PackArray<V> two_g(M * K), dbg(M * C), dxc(C);
+  const bool want_dbgs = dbgs && a.bgs;
+  PackArray<V> two_g(M * K);
   for (int64_t j = 0; j < M * K; ++j) two_g[j] = V(T(2) * grad[b * M * K + j] * scale);
-  for (int64_t p = p0; p < p1; p += Pack::kLanes) {
-    const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
-    for (int64_t j = 0; j < M * C; ++j) dbg[j] = V(T(0));
-    for (int64_t c = 0; c < C; ++c) dxc[c] = V(T(0));
-    for (int64_t k = 0; k < K; ++k) {
-      const V mk = Pack::load(a.mask(k, b) + p, n), keep = V(T(1)) - mk;
+  for (int64_t k = 0; k < K; ++k) {
+    const T* mask = a.mask(k, b);
+    for (int64_t p = p0; p < p1; p += Pack::kLanes) {
+      const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
+      const V mk = Pack::load(mask + p, n), keep = V(T(1)) - mk;
       V dm(T(0));
       for (int64_t c = 0; c < C; ++c) {
         const V xk = Pack::load(a.layer(k, b) + c * HW + p, n), xc = Pack::load(x + (b * C + c) * HW + p, n);
@@ -274,19 +283,20 @@ void pack_distances_backward(const CandidateArgs<typename Pack::T>& a, const typ
           const V g = two_g[mi * K + k] * (out - xc);
           gsum += g;
           gbg += g * bg;
-          dbg[mi * C + c] += g * keep;
+          if (want_dbgs) {
+            T* d = dbgs + ((mi * B + b) * C + c) * HW + p;
+            Pack::store(d, (k == 0 ? V(T(0)) : Pack::load(d, n)) + g * keep, n);
+          }
         }
-        dxc[c] -= gsum;
+        if (dx) {
+          T* d = dx + (b * C + c) * HW + p;
+          Pack::store(d, (k == 0 ? V(T(0)) : Pack::load(d, n)) - gsum, n);
+        }
         if (dlayers) Pack::store(dlayers + ((k * B + b) * C + c) * HW + p, mk * gsum, n);
         dm += xk * gsum - gbg;
       }
       if (dmasks) Pack::store(dmasks + (k * B + b) * HW + p, dm, n);
     }
-    for (int64_t j = 0; j < M * C && dbgs && a.bgs; ++j) {
-      const int64_t mi = j / C, c = j % C;
-      Pack::store(dbgs + ((mi * B + b) * C + c) * HW + p, dbg[j], n);
-    }
-    for (int64_t c = 0; c < C && dx; ++c) Pack::store(dx + (b * C + c) * HW + p, dxc[c], n);
   }
 }
 
