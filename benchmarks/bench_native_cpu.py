@@ -4,7 +4,11 @@ shapes of a config, a full training step, and the training step's peak-RSS growt
 Reported, never asserted (DESIGN.md targets: C++ ops and step >= 3x eager; RSS growth per image <= 1/8 of
 eager). Op cases, training step and timers are :mod:`dtifast.bench`'s, so these numbers agree with
 ``dtifast bench``. Peak RSS is measured in a fresh subprocess per (config, provider, batch): the growth of
-``VmHWM`` over the resident size before one step, at batch B and 2B; per image = difference / B.
+``VmHWM`` over the resident size before one step, at batch B and 2B; per image = difference / B. The steps
+are timed a second time, each config in a fresh subprocess that first keeps freed memory in the process
+(:func:`dtifast.allocator.retain_freed_memory`) as ``dtifast train`` does: glibc's default gives large freed
+blocks back, and the next tensor of that size page-faults, which costs the eager step far more than the C++
+one.
 
 Usage::
 
@@ -22,10 +26,11 @@ import math
 import pathlib
 import subprocess
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
+from dtifast.allocator import retain_freed_memory
 from dtifast.bench.machine import machine_info, peak_memory, time_interleaved
 from dtifast.bench.ops import ALL_CONFIGS, OP_CASES, Skip, prepare, shapes_for
 from dtifast.bench.train_step import TrainStep
@@ -94,6 +99,19 @@ def bench_step(config: str, batch: int, repeats: int) -> dict[str, float]:
     return {name: timing.median for name, timing in time_interleaved(calls, CPU, warmup=1, repeats=repeats).items()}
 
 
+def retained_step(config: str, batch: int, repeats: int) -> dict[str, Any]:
+    """:func:`bench_step` in a fresh interpreter that keeps freed memory in the process, as ``dtifast train``
+    does; ``"retained"``: whether the C library took the setting (False off glibc: then the default)."""
+    cmd = [sys.executable, __file__, "--retained-step-probe", config, str(batch), str(repeats)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _retained_step_probe(config: str, batch: int, repeats: int) -> None:
+    retained = retain_freed_memory()
+    print(json.dumps({"retained": retained, **bench_step(config, batch, repeats)}))
+
+
 def rss_growth(config: str, provider: str, batch: int) -> Optional[int]:
     """Peak-RSS growth (bytes) of one training step, measured in a fresh interpreter."""
     cmd = [sys.executable, __file__, "--rss-probe", config, provider, str(batch)]
@@ -132,6 +150,23 @@ def _step_rows(configs: list[str], batch: int, repeats: int) -> list[str]:
     return lines
 
 
+def _retained_step_rows(configs: list[str], batch: int, repeats: int) -> list[str]:
+    """The training-step section again, each config timed in a process that keeps freed memory."""
+    lines = ["", f"## Training step at batch {batch}, freed memory kept in the process (as `dtifast train`)", "",
+             "Each config in a fresh process after `dtifast.allocator.retain_freed_memory()` (glibc's mmap and "
+             "trim thresholds at 1 GiB), which `dtifast train`, `dtifast sweep-k` and `make demo` call at start "
+             "whatever the backend. Columns as above.", "",
+             "| config | eager ms | C++ ms | speedup | encoder ms | bound | setting taken |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for config in configs:
+        t = retained_step(config, batch, repeats)
+        lines.append(f"| {config} | {_ms(t['torch'])} | {_ms(t['cpu'])} | {_speedup(t['torch'], t['cpu'])} | "
+                     f"{_ms(t['encoder'])} | {_speedup(t['torch'], t['encoder'])} | "
+                     f"{'yes' if t['retained'] else 'no (not glibc)'} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
@@ -139,13 +174,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ops", nargs="+", default=NATIVE_OPS, choices=NATIVE_OPS, metavar="OP",
                         help="native ops to measure (default: all)")
-    parser.add_argument("--no-step", action="store_true", help="skip the training step and its peak RSS")
+    parser.add_argument("--no-step", action="store_true",
+                        help="skip the training steps (both allocator settings) and their peak RSS")
     parser.add_argument("--out", type=pathlib.Path,
                         default=pathlib.Path(__file__).resolve().parent / "results" / "native_cpu.md")
     parser.add_argument("--rss-probe", nargs=3, metavar=("CONFIG", "PROVIDER", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--retained-step-probe", nargs=3, metavar=("CONFIG", "BATCH", "REPEATS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_probe:
         _rss_probe(args.rss_probe[0], args.rss_probe[1], int(args.rss_probe[2]))
+        return
+    if args.retained_step_probe:
+        config, batch, repeats = args.retained_step_probe
+        _retained_step_probe(config, int(batch), int(repeats))
         return
 
     info = machine_info(CPU)
@@ -162,6 +204,7 @@ def main() -> None:
         lines += bench_ops(config, args.batch, args.repeats, args.ops)
     if not args.no_step:
         lines += _step_rows(args.configs, args.batch, args.repeats)
+        lines += _retained_step_rows(args.configs, args.batch, args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import platform
 import subprocess
 import sys
 
@@ -41,6 +42,14 @@ def test_step_times_both_providers_and_the_encoder(bench):
     assert all(v > 0 for v in t.values())
     # The encoder is part of the step: its time alone cannot exceed the eager step's by much.
     assert t["encoder"] < 2 * t["torch"]
+
+
+def test_retained_step_is_timed_in_a_process_that_keeps_freed_memory(bench):
+    t = bench.retained_step("gtsrb8", 1, 1)
+    assert set(t) == {"retained", "torch", "cpu", "encoder"}
+    # The setting is taken wherever the C library is glibc (the CI box and the project's machines).
+    assert t["retained"] is (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+    assert all(t[name] > 0 for name in ("torch", "cpu", "encoder"))
 
 
 def test_every_config_is_measured_by_default(bench):
