@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from PIL import Image
 
 from dtifast.cli import EXIT_INPUT_ERROR, main

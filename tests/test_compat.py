@@ -58,7 +58,8 @@ def test_unknown_and_missing_keys_are_listed():
     with pytest.raises(UpstreamFormatError, match=r"no place in this model: \['fancy_head.weight'\]"):
         load_upstream_checkpoint(ckpt, img_size=(35, 35))
     del state["layer_transformer.tsf_sequences.2.tsf_modules.1.regressor.5.bias"]
-    with pytest.raises(UpstreamFormatError, match=r"missing from the upstream checkpoint: \['layer_tsf.heads.1.biases.2\[2\]'\]"):
+    missing = r"missing from the upstream checkpoint: \['layer_tsf.heads.1.biases.2\[2\]'\]"
+    with pytest.raises(UpstreamFormatError, match=missing):
         load_upstream_checkpoint({"model_kwargs": TETRO_KWARGS, "model_state": state}, img_size=(35, 35))
 
 
@@ -71,10 +72,11 @@ def test_checkpoint_errors():
     with pytest.raises(UpstreamFormatError, match="pass img_size"):
         load_upstream_checkpoint({"model_kwargs": TETRO_KWARGS, "model_state": state})
     with pytest.raises(UpstreamFormatError, match="does not fit"):
-        load_upstream_checkpoint({"model_kwargs": TETRO_KWARGS, "model_state": {**state, "prototype_params": torch.zeros(19, 3, 20, 20)}},
-                                 img_size=(35, 35))
+        wrong_size = {**state, "prototype_params": torch.zeros(19, 3, 20, 20)}
+        load_upstream_checkpoint({"model_kwargs": TETRO_KWARGS, "model_state": wrong_size}, img_size=(35, 35))
     with pytest.raises(UpstreamFormatError, match="model_kwargs"):
-        load_upstream_checkpoint({"model_kwargs": {**TETRO_KWARGS, "n_sprits": 3}, "model_state": state}, img_size=(35, 35))
+        load_upstream_checkpoint({"model_kwargs": {**TETRO_KWARGS, "n_sprits": 3}, "model_state": state},
+                                 img_size=(35, 35))
 
 
 def test_parameter_map_slots():
@@ -82,8 +84,9 @@ def test_parameter_map_slots():
     slots = upstream_parameter_map(model, ["layer_transformer.tsf_sequences.2.tsf_modules.0.regressor.3.weight",
                                            "layer_transformer.encoder.encoder.3.0.bn1.running_var",
                                            "layer_transformer.tsf_sequences.0.tsf_modules.0.identity"])
-    assert slots["layer_transformer.tsf_sequences.2.tsf_modules.0.regressor.3.weight"].name == "layer_tsf.heads.0.weights.1"
-    assert slots["layer_transformer.tsf_sequences.2.tsf_modules.0.regressor.3.weight"].index == 2
+    head = slots["layer_transformer.tsf_sequences.2.tsf_modules.0.regressor.3.weight"]
+    assert head.name == "layer_tsf.heads.0.weights.1"
+    assert head.index == 2
     assert slots["layer_transformer.encoder.encoder.3.0.bn1.running_var"].name == "encoder.encoder.3.0.bn1.running_var"
     assert slots["layer_transformer.tsf_sequences.0.tsf_modules.0.identity"] is None
 
