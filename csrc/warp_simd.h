@@ -318,7 +318,7 @@ DTIFAST_ALWAYS_INLINE VecTaps<T> chunk_taps(const WarpArgs<T>& a, const PixelChu
 // prefetched once, in the order of its rows, while its output is made, kPrefetchRows output rows ahead (at
 // least kPrefetchChunks chunks). Warped samples stray a few rows from that share (by up to 3 rows of 128 for
 // a TPS whose control points move by 0.05, as the bench's), and prefetching 2 chunks (one row) ahead left the
-// gathers of 320 x 3 x 128 x 128 sprites waiting: forward+backward at 2 threads took 165-200 ms (affine,
+// gathers of 320 x 5 x 128 x 128 sprites waiting: forward+backward at 2 threads took 165-200 ms (affine,
 // TPS) then, 130-160 ms 8 rows ahead.
 constexpr int64_t kPrefetchChunks = 2;
 constexpr int64_t kPrefetchRows = 8;
