@@ -9,11 +9,31 @@
 // Products are formed without division, so a fully opaque layer (1 - o m = 0) has exact gradients.
 #pragma once
 
+#include <type_traits>
+
 #include "sampling.h"
 
 namespace dtifast {
 
 constexpr int kMaxLayers = 16;
+
+// Runs f(std::integral_constant<int, N>()) for the smallest layer bound N in {1, 2, 4, 8, kMaxLayers} that
+// holds L and is at least kMin: the per-pixel functions below size their arrays by N. The CUDA kernels keep
+// a thread's stack proportional to L so; on the CPU a vector of pixels' arrays are at::vec::Vectorized,
+// whose default constructor zeroes it, and N = kMaxLayers made composite_backward zero 16 KB of stack per
+// vector of pixels whatever L. Every bound is one more instantiation of the caller (compile time); callers
+// whose N = 1 variant would gain little start at kMin = 2. Host code only (it picks the kernel to launch).
+template <int kMin = 1, typename F>
+void with_layer_bound(int L, F&& f) {
+  static_assert(kMaxLayers == 16 && (kMin == 1 || kMin == 2), "update the bounds");
+  if constexpr (kMin == 1) {
+    if (L <= 1) return f(std::integral_constant<int, 1>());
+  }
+  if (L <= 2) return f(std::integral_constant<int, 2>());
+  if (L <= 4) return f(std::integral_constant<int, 4>());
+  if (L <= 8) return f(std::integral_constant<int, 8>());
+  return f(std::integral_constant<int, kMaxLayers>());
+}
 
 // prod_{j != k, j != skip} (1 - o_jk m_j); skip = -1 leaves only k out.
 template <typename T>
@@ -36,8 +56,7 @@ DTIFAST_HD T background_visibility(const T* m, int L, int skip) {
 }
 
 // Every channel of one pixel: out[c * out_s]. The layer weights vis_k m_k are computed once per pixel.
-// N >= L bounds the per-pixel arrays (the CUDA kernels pick the smallest of 1, 2, 4, 8, 16 that holds L, to
-// keep a thread's stack proportional to L; the CPU kernels keep the default).
+// N >= L bounds the per-pixel arrays (the kernels pick the smallest that holds L, with_layer_bound).
 template <typename T, int N = kMaxLayers>
 DTIFAST_HD void composite_pixel(const T* occ, int64_t os, const T* m, const T* xs, int64_t ls, int64_t cs,
                                 const T* bg, int64_t bs, int L, int64_t C, T* out, int64_t out_s) {

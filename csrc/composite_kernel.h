@@ -108,7 +108,10 @@ void pack_composite_forward(const CompositeArgs<typename Pack::T>& a, int64_t b,
       for (int64_t c = 0; c < C; ++c) x[l * C + c] = Pack::load(a.layers + ((l * B + b) * C + c) * HW + p, n);
     }
     for (int64_t c = 0; c < C && a.bg; ++c) bg[c] = Pack::load(a.bg + (b * C + c) * HW + p, n);
-    composite_pixel<V>(occ, 1, m, x.data(), C, 1, a.bg ? bg.data() : nullptr, 1, static_cast<int>(L), C, o.data(), 1);
+    with_layer_bound<2>(static_cast<int>(L), [&](auto bound) {
+      composite_pixel<V, decltype(bound)::value>(occ, 1, m, x.data(), C, 1, a.bg ? bg.data() : nullptr, 1,
+                                                 static_cast<int>(L), C, o.data(), 1);
+    });
     for (int64_t c = 0; c < C; ++c) Pack::store(out + (b * C + c) * HW + p, o[c], n);
   }
 }
@@ -141,9 +144,12 @@ void pack_composite_backward(const CompositeArgs<typename Pack::T>& a, const typ
       if (a.bg) bg[c] = Pack::load(a.bg + (b * C + c) * HW + p, n);
       dbg_px[c] = V(T(0));
     }
-    composite_backward<V>(occ, 1, m, x.data(), C, 1, a.bg ? bg.data() : nullptr, 1, static_cast<int>(L), C,
-                          g.data(), 1, dm, dlayers ? dx.data() : nullptr, docc ? docc_sum : nullptr,
-                          dbg && a.bg ? dbg_px.data() : nullptr);
+    with_layer_bound<2>(static_cast<int>(L), [&](auto bound) {
+      composite_backward<V, decltype(bound)::value>(occ, 1, m, x.data(), C, 1, a.bg ? bg.data() : nullptr, 1,
+                                                    static_cast<int>(L), C, g.data(), 1, dm,
+                                                    dlayers ? dx.data() : nullptr, docc ? docc_sum : nullptr,
+                                                    dbg && a.bg ? dbg_px.data() : nullptr);
+    });
     for (int64_t l = 0; l < L; ++l) {
       if (dmasks) Pack::store(dmasks + (l * B + b) * HW + p, dm[l], n);
       for (int64_t c = 0; c < C && dlayers; ++c) {

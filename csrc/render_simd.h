@@ -95,8 +95,10 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
           }
         }
         for (int64_t c = 0; c < C && d.bg; ++c) bg[c] = V::loadu(d.bg + (b * C + c) * HW + p, n);
-        composite_pixel<V>(occ, 1, m, col.data(), C, 1, d.bg ? bg.data() : nullptr, 1, static_cast<int>(L), C,
-                           g.data(), 1);
+        with_layer_bound<2>(static_cast<int>(L), [&](auto bound) {
+          composite_pixel<V, decltype(bound)::value>(occ, 1, m, col.data(), C, 1, d.bg ? bg.data() : nullptr, 1,
+                                                     static_cast<int>(L), C, g.data(), 1);
+        });
         for (int64_t c = 0; c < C; ++c) {
           const V e = g[c] - V::loadu(d.x + (b * C + c) * HW + p, n);
           e.store(diff.data() + c * kLanes);
@@ -113,9 +115,12 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
         for (int64_t e = 0; e < L * C; ++e) dcol[e] = V(T(0));
         for (int64_t c = 0; c < C; ++c) dbg[c] = V(T(0));
         const bool want_dbg = grads->dbg && d.bg;
-        composite_backward<V>(occ, 1, m, col.data(), C, 1, d.bg ? bg.data() : nullptr, 1, static_cast<int>(L), C,
-                              g.data(), 1, dm, dcol.data(), grads->docc ? docc_sum : nullptr,
-                              want_dbg ? dbg.data() : nullptr);
+        with_layer_bound<2>(static_cast<int>(L), [&](auto bound) {
+          composite_backward<V, decltype(bound)::value>(occ, 1, m, col.data(), C, 1, d.bg ? bg.data() : nullptr, 1,
+                                                        static_cast<int>(L), C, g.data(), 1, dm, dcol.data(),
+                                                        grads->docc ? docc_sum : nullptr,
+                                                        want_dbg ? dbg.data() : nullptr);
+        });
         for (int64_t c = 0; c < C && want_dbg; ++c) dbg[c].store(grads->dbg + (b * C + c) * HW + p, n);
         for (int64_t l = 0; l < L; ++l) {
           const int64_t lb = l * d.B + b;

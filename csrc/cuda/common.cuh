@@ -88,21 +88,5 @@ DTIFAST_HD void record_values(const Taps<T>& taps, int64_t s, const Bilinear<T>&
   for (int t = 0; t < 4; ++t) taps.value[(4 * s + t) * taps.planes + q] = b.valid[t] ? g * b.weight[t] : T(0);
 }
 
-// Runs f(std::integral_constant<int, N>()) for the smallest layer bound N in {1, 2, 4, 8, kMaxLayers} that
-// holds L and is at least kMin: the kernels size their per-thread arrays by N, so that a thread's stack grows
-// with L. Every bound is one more instantiation of the kernels (nvcc time); a kernel whose N = 1 variant would
-// gain little starts at kMin = 2.
-template <int kMin = 1, typename F>
-void with_layer_bound(int L, F&& f) {
-  static_assert(kMaxLayers == 16 && (kMin == 1 || kMin == 2), "update the bounds");
-  if constexpr (kMin == 1) {
-    if (L <= 1) return f(std::integral_constant<int, 1>());
-  }
-  if (L <= 2) return f(std::integral_constant<int, 2>());
-  if (L <= 4) return f(std::integral_constant<int, 4>());
-  if (L <= 8) return f(std::integral_constant<int, 8>());
-  return f(std::integral_constant<int, kMaxLayers>());
-}
-
 }  // namespace cuda
 }  // namespace dtifast
