@@ -18,11 +18,11 @@ namespace dtifast {
 constexpr int kMaxLayers = 16;
 
 // Runs f(std::integral_constant<int, N>()) for the smallest layer bound N in {1, 2, 4, 8, kMaxLayers} that
-// holds L and is at least kMin: the per-pixel functions below size their arrays by N. The CUDA kernels keep
-// a thread's stack proportional to L so; on the CPU a vector of pixels' arrays are at::vec::Vectorized,
-// whose default constructor zeroes it, and N = kMaxLayers made composite_backward zero 16 KB of stack per
-// vector of pixels whatever L. Every bound is one more instantiation of the caller (compile time); callers
-// whose N = 1 variant would gain little start at kMin = 2. Host code only (it picks the kernel to launch).
+// holds L and is at least kMin: the per-pixel functions below size their arrays by N, so that a CUDA
+// thread's stack grows with L, and so that the CPU vector kernels, whose arrays hold at::vec::Vectorized
+// (zeroed by its default constructor), do not zero 20 KB of stack per vector of pixels whatever L, as
+// composite_backward did with N = kMaxLayers. Every bound is one more instantiation of the caller (compile
+// time); callers whose N = 1 variant would gain little start at kMin = 2. Host code (it picks the kernel).
 template <int kMin = 1, typename F>
 void with_layer_bound(int L, F&& f) {
   static_assert(kMaxLayers == 16 && (kMin == 1 || kMin == 2), "update the bounds");
