@@ -99,12 +99,17 @@ def bench_step(config: str, batch: int, repeats: int) -> dict[str, float]:
     return {name: timing.median for name, timing in time_interleaved(calls, CPU, warmup=1, repeats=repeats).items()}
 
 
+def _run_probe(flag: str, *values: object) -> dict[str, Any]:
+    """This script run as ``flag values...`` in a fresh interpreter; the JSON object of its last line."""
+    cmd = [sys.executable, __file__, flag, *map(str, values)]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def retained_step(config: str, batch: int, repeats: int) -> dict[str, Any]:
     """:func:`bench_step` in a fresh interpreter that keeps freed memory in the process, as ``dtifast train``
     does; ``"retained"``: whether the C library took the setting (False off glibc: then the default)."""
-    cmd = [sys.executable, __file__, "--retained-step-probe", config, str(batch), str(repeats)]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return _run_probe("--retained-step-probe", config, batch, repeats)
 
 
 def _retained_step_probe(config: str, batch: int, repeats: int) -> None:
@@ -114,9 +119,7 @@ def _retained_step_probe(config: str, batch: int, repeats: int) -> None:
 
 def rss_growth(config: str, provider: str, batch: int) -> Optional[int]:
     """Peak-RSS growth (bytes) of one training step, measured in a fresh interpreter."""
-    cmd = [sys.executable, __file__, "--rss-probe", config, provider, str(batch)]
-    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])["growth_bytes"]
+    return _run_probe("--rss-probe", config, provider, batch)["growth_bytes"]
 
 
 def _rss_probe(config: str, provider: str, batch: int) -> None:
@@ -124,6 +127,12 @@ def _rss_probe(config: str, provider: str, batch: int) -> None:
     step()  # first step: lazy allocations (optimizer state, caches) are not the per-step cost
     peak = peak_memory(step, CPU)
     print(json.dumps({"growth_bytes": None if peak is None else peak["growth_bytes"]}))
+
+
+def _step_time_cells(config: str, t: dict[str, Any]) -> str:
+    """``| config | eager ms | C++ ms | speedup | encoder ms | bound |`` of :func:`bench_step`'s times."""
+    return (f"| {config} | {_ms(t['torch'])} | {_ms(t['cpu'])} | {_speedup(t['torch'], t['cpu'])} | "
+            f"{_ms(t['encoder'])} | {_speedup(t['torch'], t['encoder'])} |")
 
 
 def _step_rows(configs: list[str], batch: int, repeats: int) -> list[str]:
@@ -143,9 +152,7 @@ def _step_rows(configs: list[str], batch: int, repeats: int) -> list[str]:
         mib = {p: "–" if v is None else f"{v / 2**20:.2f} MiB" for p, v in per_image.items()}
         ratio = (f"1/{per_image['torch'] / per_image['cpu']:.1f}"
                  if per_image["torch"] and per_image["cpu"] and per_image["cpu"] > 0 else "–")
-        lines.append(f"| {config} | {_ms(t['torch'])} | {_ms(t['cpu'])} | {_speedup(t['torch'], t['cpu'])} | "
-                     f"{_ms(t['encoder'])} | {_speedup(t['torch'], t['encoder'])} | "
-                     f"{mib['torch']} | {mib['cpu']} | {ratio} |")
+        lines.append(f"{_step_time_cells(config, t)} {mib['torch']} | {mib['cpu']} | {ratio} |")
         print(lines[-1], flush=True)
     return lines
 
@@ -160,9 +167,7 @@ def _retained_step_rows(configs: list[str], batch: int, repeats: int) -> list[st
              "|---|---:|---:|---:|---:|---:|---|"]
     for config in configs:
         t = retained_step(config, batch, repeats)
-        lines.append(f"| {config} | {_ms(t['torch'])} | {_ms(t['cpu'])} | {_speedup(t['torch'], t['cpu'])} | "
-                     f"{_ms(t['encoder'])} | {_speedup(t['torch'], t['encoder'])} | "
-                     f"{'yes' if t['retained'] else 'no (not glibc)'} |")
+        lines.append(f"{_step_time_cells(config, t)} {'yes' if t['retained'] else 'no (not glibc)'} |")
         print(lines[-1], flush=True)
     return lines
 
