@@ -22,7 +22,9 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
+#include <new>
 #include <type_traits>
 
 #include "warp_kernel.h"
@@ -338,146 +340,15 @@ DTIFAST_ALWAYS_INLINE void prefetch_share(const T* image, int64_t C, int64_t pla
   }
 }
 
-// Output pixels are taken flattened over rows, so a vector spans row ends (an output row narrower than
-// or not a multiple of the vector would leave lanes idle).
-template <typename T>
-void vec_forward(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
-  constexpr int64_t L = Vec<T>::size();
-  const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
-  PixelChunk<T> s;
-  for (int64_t q = begin; q < end;) {
-    const int64_t n = q / HW, p0 = q - n * HW, len = std::min({kChunk, HW - p0, end - q});
-    const T* img = a.x + a.input_of(n) * a.C * hw;
-    T* o = out + n * a.C * HW + p0;
-    chunk_coords<T>(a, a.theta + n * a.P, p0, len, s);
-    const int64_t ahead = p0 + prefetch_distance(a.out_w);
-    if (ahead < HW) {
-      prefetch_share(img, a.C, hw, HW, ahead);
-    } else if (q - p0 + HW < end) {  // the next output's image, if this thread makes that output
-      prefetch_share(a.x + a.input_of(n + 1) * a.C * hw, a.C, hw, HW, ahead - HW);
-    }
-    for (int64_t j = 0; j < len; j += L) {
-      const int64_t count = std::min(L, len - j);
-      const VecTaps<T> b = chunk_taps(a, s, j, count);
-      if (b.none_valid()) {
-        for (int64_t c = 0; c < a.C; ++c) Vec<T>(T(0)).store(o + c * HW + j, count);
-        continue;
-      }
-      for (int64_t c = 0; c < a.C; ++c) vec_read(b, img + c * hw).store(o + c * HW + j, count);
-    }
-    q += len;
-  }
-}
-
-// The transform gradient's partial sums of one output (warp_kernel.h kThetaLanes): partial (k, lane) at
-// sums[k * kThetaLanes + lane], so that chunk pixel q's lanes, q % kThetaLanes onwards, are one vector load.
-// Chunks start at multiples of kChunk, itself a multiple of kThetaLanes, so chunk pixel q is output pixel
-// p0 + q of the same lane.
-template <typename T>
-constexpr int64_t kLaneVectors = kThetaLanes / Vec<T>::size();
-
-// The partial sums of K parameters (consecutive rows of kThetaLanes at sums) to and from vector registers.
-template <typename T, int K>
-DTIFAST_ALWAYS_INLINE void load_lane_sums(const T* sums, Vec<T> (&acc)[K][kLaneVectors<T>]) {
-  constexpr int64_t L = Vec<T>::size();
-  for (int k = 0; k < K; ++k) {
-    for (int64_t r = 0; r < kLaneVectors<T>; ++r) acc[k][r] = Vec<T>::loadu(sums + k * kThetaLanes + r * L);
-  }
-}
-
-template <typename T, int K>
-DTIFAST_ALWAYS_INLINE void store_lane_sums(const Vec<T> (&acc)[K][kLaneVectors<T>], T* sums) {
-  constexpr int64_t L = Vec<T>::size();
-  for (int k = 0; k < K; ++k) {
-    for (int64_t r = 0; r < kLaneVectors<T>; ++r) acc[k][r].store(sums + k * kThetaLanes + r * L);
-  }
-}
-
-// Adds the transform gradients of a matrix mode's chunk pixels 0 .. count (grid gradients s.gix, s.giy,
-// basis values s.bx, s.by) into the partial sums: sampling.h grid_point_backward a vector of pixels at a
-// time, every operation in its order and rounding (the homogeneous divide's test as a select).
-template <typename T, int kMode>
-void vec_matrix_theta_grad_of(const T* theta, int64_t count, const PixelChunk<T>& s, T* sums) {
-  using V = Vec<T>;
-  constexpr int64_t L = V::size(), R = kLaneVectors<T>;
-  constexpr int kP = kMode == kAffine ? 6 : 9;
-  V acc[kP][R];
-  load_lane_sums<T, kP>(sums, acc);
-  for (int64_t q = 0; q < count; q += L) {
-    // Lanes past count load zeros: zero gradients, which leave every partial sum as it is.
-    const int64_t n = std::min(L, count - q), r = (q / L) % R;
-    const V x = V::loadu(s.bx + q, n), y = V::loadu(s.by + q, n);
-    V du = V::loadu(s.gix + q, n), dv = V::loadu(s.giy + q, n);
-    if constexpr (kMode == kProjective) {
-      const V w = V(theta[6]) * x + V(theta[7]) * y + V(theta[8]);
-      const V u = V(theta[0]) * x + V(theta[1]) * y + V(theta[2]);
-      const V v = V(theta[3]) * x + V(theta[4]) * y + V(theta[5]);
-      const V eps(static_cast<T>(kHomogeneousEps));
-      const V divide = (w > eps) | (w < -eps);
-      const V inv = V(T(1)) / w;
-      const V dw = ((du * u + dv * v).neg() * inv * inv) & divide;
-      du = V::blendv(du, du * inv, divide);
-      dv = V::blendv(dv, dv * inv, divide);
-      acc[6][r] = acc[6][r] + dw * x;
-      acc[7][r] = acc[7][r] + dw * y;
-      acc[8][r] = acc[8][r] + dw;
-    }
-    acc[0][r] = acc[0][r] + du * x;
-    acc[1][r] = acc[1][r] + du * y;
-    acc[2][r] = acc[2][r] + du;
-    acc[3][r] = acc[3][r] + dv * x;
-    acc[4][r] = acc[4][r] + dv * y;
-    acc[5][r] = acc[5][r] + dv;
-  }
-  store_lane_sums<T, kP>(acc, sums);
-}
-
-// The same for TPS, control points g0 .. g0 + kGroup, chunk pixels 0 .. count of output pixels p0 onwards:
-// each control point's two partial sums over the pixels, its weights read from the transposed basis. A group
-// of control points shares the gradient loads, and its 2 kGroup sums are independent chains of additions.
-template <typename T, int kGroup>
-void vec_tps_theta_grad_group(const WarpArgs<T>& a, int64_t g0, int64_t p0, int64_t count, const PixelChunk<T>& s,
-                              T* sums) {
-  using V = Vec<T>;
-  constexpr int64_t L = V::size(), R = kLaneVectors<T>;
-  const int64_t HW = a.out_h * a.out_w;
-  const T* weights = a.basis_columns + g0 * HW + p0;
-  T* group_sums = sums + 2 * g0 * kThetaLanes;
-  V acc[2 * kGroup][R];
-  load_lane_sums<T, 2 * kGroup>(group_sums, acc);
-  for (int64_t q = 0; q < count; q += L) {
-    const int64_t n = std::min(L, count - q), r = (q / L) % R;
-    const V dgx = V::loadu(s.gix + q, n), dgy = V::loadu(s.giy + q, n);
-    for (int g = 0; g < kGroup; ++g) {
-      const V weight = V::loadu(weights + g * HW + q, n);
-      acc[2 * g][r] = acc[2 * g][r] + weight * dgx;
-      acc[2 * g + 1][r] = acc[2 * g + 1][r] + weight * dgy;
-    }
-  }
-  store_lane_sums<T, 2 * kGroup>(acc, group_sums);
-}
-
-template <typename T>
-void vec_tps_theta_grad(const WarpArgs<T>& a, int64_t p0, int64_t count, const PixelChunk<T>& s, T* sums) {
-  constexpr int kGroup = 4;
-  int64_t g0 = 0;
-  for (; g0 + kGroup <= a.g2; g0 += kGroup) vec_tps_theta_grad_group<T, kGroup>(a, g0, p0, count, s, sums);
-  for (; g0 < a.g2; ++g0) vec_tps_theta_grad_group<T, 1>(a, g0, p0, count, s, sums);
-}
-
-template <typename T>
-void chunk_theta_grad(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, const PixelChunk<T>& s,
-                      T* sums) {
-  if (a.mode == kAffine) return vec_matrix_theta_grad_of<T, kAffine>(theta, count, s, sums);
-  if (a.mode == kProjective) return vec_matrix_theta_grad_of<T, kProjective>(theta, count, s, sums);
-  vec_tps_theta_grad(a, p0, count, s, sums);
-}
-
-// The input gradient is summed pixel-major: an accumulator holds, per input pixel, the gradients of kPack
-// channels side by side (a "pack", a GCC vector of kPack values), so each tap of a sample adds one pack (one
-// vector add) instead of one value per channel. Channels beyond kPack take further planes of packs. The
-// lanes and taps keep their order, so every input-gradient value is still summed in the scalar path's order;
-// at the end the packs are transposed back to (C, h, w).
+// Channel packs: an image held pixel-major, the values of kPack channels of a pixel side by side (a "pack", a
+// GCC vector of kPack values); channels beyond kPack take further planes of packs.
+// * The input gradient is summed in packs: each tap of a sample adds one pack (one vector add) instead of
+//   one value per channel; at the end the packs are transposed back to (C, h, w).
+// * The input is read from packs where that pays (reads_packed_input): a tap of a vector of pixels is then
+//   one pack load per pixel for all its channels, where the (C, h, w) layout takes a gather per channel
+//   (on Zen 4 a 16-lane gather costs about as much as 16 loads, and a sample has four taps).
+// The lanes and taps keep their order, and every channel's arithmetic is the scalar path's, so the values
+// are the same bits as sampling.h's.
 // Unaligned vector types (aligned(sizeof(T))): the accumulator and stack buffers need no particular alignment.
 template <typename T, int kPack>
 struct ChannelPack {
@@ -598,15 +469,52 @@ void packs_to_rows(const T* packs, T* rows) {
   at::vec::transpose_mxn<T, L, kPack>(packs, kPack, rows, L);
 }
 
+// An (h, w) image's channels in packs (the accumulator of an input gradient, or a packed input), in memory
+// aligned for the transposes' whole-vector stores.
 template <typename T, int kPack>
-struct PackedGrad {
-  T* data;        // planes of (pixels, kPack)
-  int64_t trash;  // per plane: h * w rounded up to whole vectors (the transposes read whole blocks); then
-                  // Vec<T>::size() spare packs (redirect_invalid_taps)
-  int64_t pixels; // trash + Vec<T>::size()
+struct PackedPlanes {
+  int64_t trash;   // per plane: h * w rounded up to whole vectors (the transposes read whole blocks); then
+                   // Vec<T>::size() spare packs (redirect_invalid_taps)
+  int64_t pixels;  // trash + Vec<T>::size()
+  int64_t values;  // all planes' values
+  std::unique_ptr<T[], void (*)(void*)> storage;  // nullptr where not needed
 
-  T* plane(int64_t c0) const { return data + (c0 / kPack) * pixels * kPack; }
+  PackedPlanes(int64_t C, int64_t hw, bool needed)
+      : trash((hw + Vec<T>::size() - 1) / Vec<T>::size() * Vec<T>::size()),
+        pixels(trash + Vec<T>::size()),
+        values((C + kPack - 1) / kPack * pixels * kPack),
+        storage(needed ? aligned_array(values) : nullptr, &std::free) {
+    if (needed && storage == nullptr) throw std::bad_alloc();
+  }
+
+  T* data() const { return storage.get(); }
+  T* plane(int64_t c0) const { return data() + (c0 / kPack) * pixels * kPack; }
+
+ private:
+  static T* aligned_array(int64_t n) {
+    const size_t bytes = (static_cast<size_t>(n) * sizeof(T) + 63) / 64 * 64;  // aligned_alloc wants multiples
+    return static_cast<T*>(std::aligned_alloc(64, bytes));
+  }
 };
+
+// Image (C, h, w) into packed planes; the channel slots past C, the padding to whole vectors and the spare
+// packs zero, so that an invalid tap, redirected to a spare pack, reads zeros as a masked gather does.
+template <typename T, int kPack>
+void pack_image(const T* image, int64_t C, int64_t hw, const PackedPlanes<T, kPack>& packed) {
+  constexpr int64_t L = Vec<T>::size();
+  alignas(64) T rows[kPack][L];
+  for (int64_t c0 = 0; c0 < C; c0 += kPack) {
+    const int64_t channels = std::min<int64_t>(kPack, C - c0);
+    std::fill(&rows[0][0], &rows[0][0] + kPack * L, T(0));
+    T* plane = packed.plane(c0);
+    for (int64_t p = 0; p < hw; p += L) {
+      const int64_t count = std::min(L, hw - p);  // lanes past it load zeros
+      for (int64_t c = 0; c < channels; ++c) Vec<T>::loadu(image + (c0 + c) * hw + p, count).store(rows[c]);
+      rows_to_packs<T, kPack>(&rows[0][0], plane + p * kPack);
+    }
+    std::fill(plane + packed.trash * kPack, plane + packed.pixels * kPack, T(0));
+  }
+}
 
 // Sends the scatter of lane l's invalid taps to accumulator pack trash + l, which no input pixel owns and
 // nothing reads: pack_scatter then needs no test per tap and lane (tiles whose rows are narrower than a vector
@@ -656,14 +564,239 @@ void pack_scatter(const VecTaps<T>& b, const T (*gt)[kPack], const T (*weight)[V
   }
 }
 
-// One output's backward: its input gradient into acc (if data is not null), its transform gradient into
-// dtheta_n (if not null) through theta_sums (kThetaLanes * P partial sums, vec_matrix_theta_grad_of).
+// The lanes' samples of one plane of packed input (invalid taps redirected to its zero spare packs) with tap
+// weights weight[t][lane]: packs[lane] holds that sample of each of the plane's channels, summed in
+// bilinear_read's order.
 template <typename T, int kPack>
-void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const PackedGrad<T, kPack>& acc,
-                         T* dtheta_n, T* theta_sums) {
+DTIFAST_ALWAYS_INLINE void packed_read(const VecTaps<T>& b, const T (*weight)[VecTaps<T>::kLanes], const T* plane,
+                                       T (*packs)[kPack]) {
+  using P = typename ChannelPack<T, kPack>::type;
+  const P* d = reinterpret_cast<const P*>(plane);
+  for (int l = 0; l < VecTaps<T>::kLanes; ++l) {
+    *reinterpret_cast<P*>(packs[l]) = weight[0][l] * d[b.lane_offset[0][l]] + weight[1][l] * d[b.lane_offset[1][l]] +
+                                      weight[2][l] * d[b.lane_offset[2][l]] + weight[3][l] * d[b.lane_offset[3][l]];
+  }
+}
+
+// The factors of bilinear_backward's coordinate gradient for one plane of packed input, per lane and channel:
+// x_packs[lane] = (v1 - v0) wy1 + (v3 - v2) wy0 and y_packs[lane] = (v2 - v0) wx1 + (v3 - v1) wx0, where
+// w[0 .. 3] hold the lanes' wx1, wx0, wy1, wy0.
+template <typename T, int kPack>
+DTIFAST_ALWAYS_INLINE void packed_coordinate_factors(const VecTaps<T>& b, const T (*w)[VecTaps<T>::kLanes],
+                                                     const T* plane, T (*x_packs)[kPack], T (*y_packs)[kPack]) {
+  using P = typename ChannelPack<T, kPack>::type;
+  const P* d = reinterpret_cast<const P*>(plane);
+  for (int l = 0; l < VecTaps<T>::kLanes; ++l) {
+    const P v0 = d[b.lane_offset[0][l]], v1 = d[b.lane_offset[1][l]];
+    const P v2 = d[b.lane_offset[2][l]], v3 = d[b.lane_offset[3][l]];
+    *reinterpret_cast<P*>(x_packs[l]) = (v1 - v0) * w[2][l] + (v3 - v2) * w[3][l];
+    *reinterpret_cast<P*>(y_packs[l]) = (v2 - v0) * w[0][l] + (v3 - v1) * w[1][l];
+  }
+}
+
+// Whether the kernels read the input from packs: packing takes a pass over an input image per output (per
+// input image in the backward), which pays unless that image is much larger than the output.
+constexpr int64_t kPackedInputRatio = 4;
+
+template <typename T>
+bool reads_packed_input(const WarpArgs<T>& a) {
+  return a.h * a.w <= kPackedInputRatio * a.out_h * a.out_w;
+}
+
+// Output pixels are taken flattened over rows, so a vector spans row ends (an output row narrower than
+// or not a multiple of the vector would leave lanes idle).
+template <typename T>
+void vec_forward_gathered(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
   constexpr int64_t L = Vec<T>::size();
   const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
-  const bool want_coords = dtheta_n != nullptr;
+  PixelChunk<T> s;
+  for (int64_t q = begin; q < end;) {
+    const int64_t n = q / HW, p0 = q - n * HW, len = std::min({kChunk, HW - p0, end - q});
+    const T* img = a.x + a.input_of(n) * a.C * hw;
+    T* o = out + n * a.C * HW + p0;
+    chunk_coords<T>(a, a.theta + n * a.P, p0, len, s);
+    const int64_t ahead = p0 + prefetch_distance(a.out_w);
+    if (ahead < HW) {
+      prefetch_share(img, a.C, hw, HW, ahead);
+    } else if (q - p0 + HW < end) {  // the next output's image, if this thread makes that output
+      prefetch_share(a.x + a.input_of(n + 1) * a.C * hw, a.C, hw, HW, ahead - HW);
+    }
+    for (int64_t j = 0; j < len; j += L) {
+      const int64_t count = std::min(L, len - j);
+      const VecTaps<T> b = chunk_taps(a, s, j, count);
+      if (b.none_valid()) {
+        for (int64_t c = 0; c < a.C; ++c) Vec<T>(T(0)).store(o + c * HW + j, count);
+        continue;
+      }
+      for (int64_t c = 0; c < a.C; ++c) vec_read(b, img + c * hw).store(o + c * HW + j, count);
+    }
+    q += len;
+  }
+}
+
+// The same from packed input: each input image packed when its first output (of this thread's) is made.
+template <typename T, int kPack>
+void vec_forward_packed(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
+  const PackedPlanes<T, kPack> input(a.C, hw, true);
+  int64_t packed = -1;  // the input image in `input`
+  PixelChunk<T> s;
+  alignas(64) T weight[4][L];
+  alignas(64) T packs[L][kPack];
+  alignas(64) T rows[kPack][L];
+  for (int64_t q = begin; q < end;) {
+    const int64_t n = q / HW, p0 = q - n * HW, len = std::min({kChunk, HW - p0, end - q});
+    if (a.input_of(n) != packed) {
+      packed = a.input_of(n);
+      pack_image(a.x + packed * a.C * hw, a.C, hw, input);
+    }
+    T* o = out + n * a.C * HW + p0;
+    chunk_coords<T>(a, a.theta + n * a.P, p0, len, s);
+    for (int64_t j = 0; j < len; j += L) {
+      const int64_t count = std::min(L, len - j);
+      VecTaps<T> b = chunk_taps(a, s, j, count);
+      if (b.none_valid()) {
+        for (int64_t c = 0; c < a.C; ++c) Vec<T>(T(0)).store(o + c * HW + j, count);
+        continue;
+      }
+      redirect_invalid_taps(b, input.trash);
+      for (int t = 0; t < 4; ++t) b.weight[t].store(weight[t]);
+      for (int64_t c0 = 0; c0 < a.C; c0 += kPack) {
+        packed_read<T, kPack>(b, weight, input.plane(c0), packs);
+        packs_to_rows<T, kPack>(&packs[0][0], &rows[0][0]);
+        const int64_t channels = std::min<int64_t>(kPack, a.C - c0);
+        for (int64_t c = 0; c < channels; ++c) Vec<T>::loadu(rows[c]).store(o + (c0 + c) * HW + j, count);
+      }
+    }
+    q += len;
+  }
+}
+
+// Packs of 4, 8 or 16 channels, the narrowest that hold C (more channels: several planes of 16).
+template <typename T>
+void vec_forward(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
+  if (!reads_packed_input(a)) return vec_forward_gathered(a, out, begin, end);
+  if (a.C <= 4) return vec_forward_packed<T, 4>(a, out, begin, end);
+  if (a.C <= 8) return vec_forward_packed<T, 8>(a, out, begin, end);
+  vec_forward_packed<T, 16>(a, out, begin, end);
+}
+
+// The transform gradient's partial sums of one output (warp_kernel.h kThetaLanes): partial (k, lane) at
+// sums[k * kThetaLanes + lane], so that chunk pixel q's lanes, q % kThetaLanes onwards, are one vector load.
+// Chunks start at multiples of kChunk, itself a multiple of kThetaLanes, so chunk pixel q is output pixel
+// p0 + q of the same lane.
+template <typename T>
+constexpr int64_t kLaneVectors = kThetaLanes / Vec<T>::size();
+
+// The partial sums of K parameters (consecutive rows of kThetaLanes at sums) to and from vector registers.
+template <typename T, int K>
+DTIFAST_ALWAYS_INLINE void load_lane_sums(const T* sums, Vec<T> (&acc)[K][kLaneVectors<T>]) {
+  constexpr int64_t L = Vec<T>::size();
+  for (int k = 0; k < K; ++k) {
+    for (int64_t r = 0; r < kLaneVectors<T>; ++r) acc[k][r] = Vec<T>::loadu(sums + k * kThetaLanes + r * L);
+  }
+}
+
+template <typename T, int K>
+DTIFAST_ALWAYS_INLINE void store_lane_sums(const Vec<T> (&acc)[K][kLaneVectors<T>], T* sums) {
+  constexpr int64_t L = Vec<T>::size();
+  for (int k = 0; k < K; ++k) {
+    for (int64_t r = 0; r < kLaneVectors<T>; ++r) acc[k][r].store(sums + k * kThetaLanes + r * L);
+  }
+}
+
+// Adds the transform gradients of a matrix mode's chunk pixels 0 .. count (grid gradients s.gix, s.giy,
+// basis values s.bx, s.by) into the partial sums: sampling.h grid_point_backward a vector of pixels at a
+// time, every operation in its order and rounding (the homogeneous divide's test as a select).
+template <typename T, int kMode>
+void vec_matrix_theta_grad_of(const T* theta, int64_t count, const PixelChunk<T>& s, T* sums) {
+  using V = Vec<T>;
+  constexpr int64_t L = V::size(), R = kLaneVectors<T>;
+  constexpr int kP = kMode == kAffine ? 6 : 9;
+  V acc[kP][R];
+  load_lane_sums<T, kP>(sums, acc);
+  for (int64_t q = 0; q < count; q += L) {
+    // Lanes past count load zeros: zero gradients, which leave every partial sum as it is.
+    const int64_t n = std::min(L, count - q), r = (q / L) % R;
+    const V x = V::loadu(s.bx + q, n), y = V::loadu(s.by + q, n);
+    V du = V::loadu(s.gix + q, n), dv = V::loadu(s.giy + q, n);
+    if constexpr (kMode == kProjective) {
+      const V w = V(theta[6]) * x + V(theta[7]) * y + V(theta[8]);
+      const V u = V(theta[0]) * x + V(theta[1]) * y + V(theta[2]);
+      const V v = V(theta[3]) * x + V(theta[4]) * y + V(theta[5]);
+      const V eps(static_cast<T>(kHomogeneousEps));
+      const V divide = (w > eps) | (w < -eps);
+      const V inv = V(T(1)) / w;
+      const V dw = ((du * u + dv * v).neg() * inv * inv) & divide;
+      du = V::blendv(du, du * inv, divide);
+      dv = V::blendv(dv, dv * inv, divide);
+      acc[6][r] = acc[6][r] + dw * x;
+      acc[7][r] = acc[7][r] + dw * y;
+      acc[8][r] = acc[8][r] + dw;
+    }
+    acc[0][r] = acc[0][r] + du * x;
+    acc[1][r] = acc[1][r] + du * y;
+    acc[2][r] = acc[2][r] + du;
+    acc[3][r] = acc[3][r] + dv * x;
+    acc[4][r] = acc[4][r] + dv * y;
+    acc[5][r] = acc[5][r] + dv;
+  }
+  store_lane_sums<T, kP>(acc, sums);
+}
+
+// The same for TPS, control points g0 .. g0 + kGroup, chunk pixels 0 .. count of output pixels p0 onwards:
+// each control point's two partial sums over the pixels, its weights read from the transposed basis. A group
+// of control points shares the gradient loads, and its 2 kGroup sums are independent chains of additions.
+template <typename T, int kGroup>
+void vec_tps_theta_grad_group(const WarpArgs<T>& a, int64_t g0, int64_t p0, int64_t count, const PixelChunk<T>& s,
+                              T* sums) {
+  using V = Vec<T>;
+  constexpr int64_t L = V::size(), R = kLaneVectors<T>;
+  const int64_t HW = a.out_h * a.out_w;
+  const T* weights = a.basis_columns + g0 * HW + p0;
+  T* group_sums = sums + 2 * g0 * kThetaLanes;
+  V acc[2 * kGroup][R];
+  load_lane_sums<T, 2 * kGroup>(group_sums, acc);
+  for (int64_t q = 0; q < count; q += L) {
+    const int64_t n = std::min(L, count - q), r = (q / L) % R;
+    const V dgx = V::loadu(s.gix + q, n), dgy = V::loadu(s.giy + q, n);
+    for (int g = 0; g < kGroup; ++g) {
+      const V weight = V::loadu(weights + g * HW + q, n);
+      acc[2 * g][r] = acc[2 * g][r] + weight * dgx;
+      acc[2 * g + 1][r] = acc[2 * g + 1][r] + weight * dgy;
+    }
+  }
+  store_lane_sums<T, 2 * kGroup>(acc, group_sums);
+}
+
+template <typename T>
+void vec_tps_theta_grad(const WarpArgs<T>& a, int64_t p0, int64_t count, const PixelChunk<T>& s, T* sums) {
+  constexpr int kGroup = 4;
+  int64_t g0 = 0;
+  for (; g0 + kGroup <= a.g2; g0 += kGroup) vec_tps_theta_grad_group<T, kGroup>(a, g0, p0, count, s, sums);
+  for (; g0 < a.g2; ++g0) vec_tps_theta_grad_group<T, 1>(a, g0, p0, count, s, sums);
+}
+
+template <typename T>
+void chunk_theta_grad(const WarpArgs<T>& a, const T* theta, int64_t p0, int64_t count, const PixelChunk<T>& s,
+                      T* sums) {
+  if (a.mode == kAffine) return vec_matrix_theta_grad_of<T, kAffine>(theta, count, s, sums);
+  if (a.mode == kProjective) return vec_matrix_theta_grad_of<T, kProjective>(theta, count, s, sums);
+  vec_tps_theta_grad(a, p0, count, s, sums);
+}
+
+// One output's backward: its input gradient into acc (if it has storage), its transform gradient into
+// dtheta_n (if not null) through theta_sums (kThetaLanes * P partial sums, vec_matrix_theta_grad_of). The
+// coordinate gradient reads the input from `input` where that holds the output's input image packed, from
+// a.x (gathers) otherwise.
+template <typename T, int kPack>
+void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const PackedPlanes<T, kPack>& acc,
+                         const PackedPlanes<T, kPack>& input, T* dtheta_n, T* theta_sums) {
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t hw = a.h * a.w, HW = a.out_h * a.out_w;
+  const bool want_coords = dtheta_n != nullptr, packed = want_coords && input.data() != nullptr;
+  const bool redirect = acc.data() != nullptr || packed;  // the taps index packs
   const T* theta = a.theta + n * a.P;
   const T* img = a.x + a.input_of(n) * a.C * hw;
   const T* g = grad + n * a.C * HW;
@@ -674,6 +807,9 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
   alignas(64) T gc_rows[kPack][L] = {};
   alignas(64) T gt[L][kPack];
   alignas(64) T weight[4][L];
+  alignas(64) T lerp[4][L];  // packed coordinate gradient: the lanes' wx1, wx0, wy1, wy0
+  alignas(64) T x_packs[L][kPack], y_packs[L][kPack];
+  alignas(64) T x_rows[kPack][L], y_rows[kPack][L];
   if (want_coords) std::fill(theta_sums, theta_sums + kThetaLanes * a.P, T(0));
   for (int64_t p0 = 0; p0 < HW; p0 += kChunk) {
     const int64_t len = std::min(kChunk, HW - p0);
@@ -681,7 +817,7 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
     // The input, for the coordinate gradient's gathers (prefetching the output gradient, read in order,
     // gained nothing).
     const int64_t ahead = p0 + prefetch_distance(a.out_w);
-    if (want_coords && ahead < HW) prefetch_share(img, a.C, hw, HW, ahead);
+    if (want_coords && !packed && ahead < HW) prefetch_share(img, a.C, hw, HW, ahead);
     for (int64_t j = 0; j < len; j += L) {
       const int64_t count = std::min(L, len - j);
       VecTaps<T> b = chunk_taps(a, s, j, count);
@@ -690,19 +826,35 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
         if (want_coords) store_zero_coordinate_grads(s, j, count);
         continue;
       }
-      if (acc.data) {
-        redirect_invalid_taps(b, acc.trash);
+      if (redirect) redirect_invalid_taps(b, acc.trash);
+      if (acc.data()) {
         for (int t = 0; t < 4; ++t) b.weight[t].store(weight[t]);
+      }
+      if (packed) {
+        b.wx1.store(lerp[0]);
+        b.wx0.store(lerp[1]);
+        b.wy1.store(lerp[2]);
+        b.wy0.store(lerp[3]);
       }
       Vec<T> gix(T(0)), giy(T(0));
       for (int64_t c0 = 0; c0 < a.C; c0 += kPack) {
         const int64_t channels = std::min<int64_t>(kPack, a.C - c0);
+        if (packed) {
+          packed_coordinate_factors<T, kPack>(b, lerp, input.plane(c0), x_packs, y_packs);
+          packs_to_rows<T, kPack>(&x_packs[0][0], &x_rows[0][0]);
+          packs_to_rows<T, kPack>(&y_packs[0][0], &y_rows[0][0]);
+        }
         for (int64_t c = 0; c < channels; ++c) {
           const Vec<T> gc = Vec<T>::loadu(g + (c0 + c) * HW + p0 + j, count);
-          if (want_coords) vec_coordinate_grad(b, img + (c0 + c) * hw, gc, gix, giy);
-          if (acc.data) gc.store(gc_rows[c]);
+          if (packed) {
+            gix = gix + gc * Vec<T>::loadu(x_rows[c]);
+            giy = giy + gc * Vec<T>::loadu(y_rows[c]);
+          } else if (want_coords) {
+            vec_coordinate_grad(b, img + (c0 + c) * hw, gc, gix, giy);
+          }
+          if (acc.data()) gc.store(gc_rows[c]);
         }
-        if (acc.data == nullptr) continue;
+        if (acc.data() == nullptr) continue;
         rows_to_packs<T, kPack>(&gc_rows[0][0], &gt[0][0]);
         pack_scatter<T, kPack>(b, gt, weight, acc.plane(c0));
       }
@@ -719,7 +871,7 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
 
 // The accumulator's packs transposed into dx_image (C, h, w).
 template <typename T, int kPack>
-void unpack_grad(const WarpArgs<T>& a, const PackedGrad<T, kPack>& acc, T* dx_image) {
+void unpack_grad(const WarpArgs<T>& a, const PackedPlanes<T, kPack>& acc, T* dx_image) {
   constexpr int64_t L = Vec<T>::size();
   const int64_t hw = a.h * a.w;
   alignas(64) T rows[kPack][L];
@@ -737,20 +889,18 @@ void unpack_grad(const WarpArgs<T>& a, const PackedGrad<T, kPack>& acc, T* dx_im
 template <typename T, int kPack>
 void vec_backward_packed(const WarpArgs<T>& a, const T* grad, const OutputsByInput& outputs, int64_t begin,
                          int64_t end, T* dx, T* dtheta) {
-  constexpr int64_t L = Vec<T>::size();
-  const int64_t hw = a.h * a.w, planes = (a.C + kPack - 1) / kPack;
-  const int64_t trash = (hw + L - 1) / L * L;
-  PackedGrad<T, kPack> acc{nullptr, trash, trash + L};
-  // One accumulator per call of this function (per thread), reused for its input images.
-  std::unique_ptr<T[]> storage(dx ? new T[planes * acc.pixels * kPack] : nullptr);
-  acc.data = storage.get();
+  const int64_t hw = a.h * a.w;
+  // One accumulator and one packed input per call of this function (per thread), reused for its input images.
+  const PackedPlanes<T, kPack> acc(a.C, hw, dx != nullptr);
+  const PackedPlanes<T, kPack> input(a.C, hw, dtheta != nullptr && reads_packed_input(a));
   std::unique_ptr<T[]> theta_sums(dtheta ? new T[kThetaLanes * a.P] : nullptr);
   for (int64_t k = begin; k < end; ++k) {
-    if (acc.data) std::fill(acc.data, acc.data + planes * acc.pixels * kPack, T(0));
+    if (acc.data()) std::fill(acc.data(), acc.data() + acc.values, T(0));
+    if (input.data()) pack_image(a.x + k * a.C * hw, a.C, hw, input);
     outputs.for_each_output(k, [&](int64_t n) {
-      vec_backward_output<T, kPack>(a, grad, n, acc, dtheta ? dtheta + n * a.P : nullptr, theta_sums.get());
+      vec_backward_output<T, kPack>(a, grad, n, acc, input, dtheta ? dtheta + n * a.P : nullptr, theta_sums.get());
     });
-    if (acc.data) unpack_grad<T, kPack>(a, acc, dx + k * a.C * hw);
+    if (acc.data()) unpack_grad<T, kPack>(a, acc, dx + k * a.C * hw);
   }
 }
 

@@ -44,6 +44,8 @@ KINDS = {
     "tps3": ("warp_tps", (9, 2), {"grid_size": 3}),
 }
 PADDINGS = ("zeros", "border")
+# Output (8, width) from 9 x 11 inputs: width 1 reads the input through gathers (99 input pixels, more than
+# warp_simd.h kPackedInputRatio = 4 times the 8 output pixels), the others from channel packs.
 WIDTHS = (1, 7, 13, 17, 70)
 # The instruction sets each vector path needs (csrc/cpu_capability.cpp), as /proc/cpuinfo names them.
 NEEDS = {"avx2": {"avx2", "fma"}, "avx512": {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}}
