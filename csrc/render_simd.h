@@ -4,8 +4,9 @@
 //
 // Included only by the per-instruction-set files (csrc/x86/avx2.cpp, avx512.cpp) after their target pragma
 // and CPU_CAPABILITY, as warp_simd.h. Placing a sprite is the position warp, so its coordinates, taps,
-// gathers, coordinate gradients and lane-by-lane scatter are warp_simd.h's, and its transform gradient is
-// summed pixel by pixel (warp_kernel.h add_matrix_grad) as in the scalar pass; the compositing is
+// channel packs (each layer's sprite read from packs, its gradient summed in packs, lane by lane) are
+// warp_simd.h's, and its transform gradient is summed pixel by pixel (warp_kernel.h add_matrix_grad) as in
+// the scalar pass; the compositing is
 // composite.h's per-pixel math on vectors (a lane per pixel). The squared errors are added in double in the
 // scalar pass's order (pixels, then channels); only the occlusion gradient is summed per lane first, then
 // over the lanes. Lanes past the end of a row load zeros and have no taps: they add nothing anywhere.
@@ -49,14 +50,31 @@ struct VecPlaced {
   VecPlaced() {}
 };
 
-template <typename T>
-double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPointers<T>* grads) {
+// Image b's pass with its sprites' P planes in packs of kPack (warp_simd.h): packed once per image, so that a
+// tap of a vector of pixels is one pack load per pixel for all planes; the sprite gradients are summed in
+// packs too and added into dsprites at the end.
+template <typename T, int kPack>
+double vec_render_image_packed(const RenderArgs<T>& d, int64_t b, const RenderGradPointers<T>* grads) {
   using V = Vec<T>;
   constexpr int64_t kLanes = V::size();
   const int64_t L = d.L, C = d.C, P = C + d.E, HW = d.H * d.W, hw = d.h * d.w, S = P * hw;
   const T slope = static_cast<T>(kMaskSlope);
   // Sampling layer l is the position warp of its sprite: an affine warp of the P sprite planes to (H, W).
   const WarpArgs<T> warp{nullptr, nullptr, d.basis, nullptr, kAffine, false, P, d.h, d.w, d.H, d.W, 6, 0};
+  const bool want_dsprites = grads != nullptr && grads->dsprites != nullptr;
+  std::vector<PackedPlanes<T, kPack>> sprites, dsprites;
+  for (int64_t l = 0; l < L; ++l) {
+    sprites.emplace_back(P, hw, true);
+    pack_image(d.sprites + (l * d.B + b) * S, P, hw, sprites[l]);
+    dsprites.emplace_back(P, hw, want_dsprites);
+    if (want_dsprites) std::fill(dsprites[l].data(), dsprites[l].data() + dsprites[l].values, T(0));
+  }
+  alignas(64) T weight[4][kLanes], lerp[4][kLanes];
+  alignas(64) T x_packs[kLanes][kPack], y_packs[kLanes][kPack];
+  alignas(64) T x_rows[kPack][kLanes], y_rows[kPack][kLanes];
+  // The planes' gradients of a vector of pixels, for the scatter. Rows past the planes are summed into pack
+  // slots that no plane owns; zero-initialised, as warp_simd.h vec_backward_output's.
+  alignas(64) T g_rows[kPack][kLanes] = {};
   PixelChunk<T> rows[kMaxLayers];
   VecPlaced<T> placed[kMaxLayers];
   V occ[kMaxLayers * kMaxLayers], docc_sum[kMaxLayers * kMaxLayers], m[kMaxLayers], dm[kMaxLayers];
@@ -66,7 +84,6 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
   }
   PackArray<V> col(L * C), dcol(L * C), bg(C), g(C), dbg(C);
   std::vector<T> diff(C * kLanes);
-  alignas(64) T gw[kScatterChannels][4][kLanes];
   double sse = 0;
   for (int64_t i = 0; i < d.H; ++i) {
     for (int64_t j0 = 0; j0 < d.W; j0 += kChunk) {
@@ -76,16 +93,30 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
         const int64_t n = std::min(kLanes, len - j), p = p0 + j;
         for (int64_t l = 0; l < L; ++l) {
           const int64_t lb = l * d.B + b;
-          const T* sprite = d.sprites + lb * S;
           VecPlaced<T>& q = placed[l];
           q.taps = chunk_taps(warp, rows[l], j, n);
+          V canvas(T(0));
           // Pixels outside the sprite read zeros (VecTaps::none_valid: most of the canvas, for small sprites).
-          const bool outside = q.taps.none_valid();
-          const auto read = [&](int64_t plane) { return outside ? V(T(0)) : vec_read(q.taps, sprite + plane * hw); };
-          for (int64_t c = 0; c < C; ++c) col[l * C + c] = read(c);
-          q.pre = read(C);
+          if (q.taps.none_valid()) {
+            for (int64_t c = 0; c < C; ++c) col[l * C + c] = V(T(0));
+            q.pre = V(T(0));
+          } else {
+            redirect_invalid_taps(q.taps, sprites[l].trash);
+            for (int t = 0; t < 4; ++t) q.taps.weight[t].store(weight[t]);
+            for (int64_t c0 = 0; c0 < P; c0 += kPack) {
+              packed_read<T, kPack>(q.taps, weight, sprites[l].plane(c0), x_packs);
+              packs_to_rows<T, kPack>(&x_packs[0][0], &x_rows[0][0]);
+              for (int64_t k = 0; k < std::min<int64_t>(kPack, P - c0); ++k) {
+                const int64_t plane = c0 + k;
+                const V value = V::loadu(x_rows[k]);
+                if (plane < C) col[l * C + plane] = value;
+                else if (plane == C) q.pre = value;
+                else canvas = value;
+              }
+            }
+          }
           if (d.noise) {
-            q.canvas = read(C + 1);
+            q.canvas = canvas;
             q.noise = V::loadu(d.noise + lb * HW + p, n);
             q.pre = q.pre + q.canvas * q.noise;
             m[l] = vec_softclip(q.pre, slope);
@@ -124,7 +155,6 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
         for (int64_t c = 0; c < C && want_dbg; ++c) dbg[c].store(grads->dbg + (b * C + c) * HW + p, n);
         for (int64_t l = 0; l < L; ++l) {
           const int64_t lb = l * d.B + b;
-          const T* sprite = d.sprites + lb * S;
           const VecPlaced<T>& q = placed[l];
           // place.h place_pixel_backward_to: the planes' gradients (colours, mask, canvas), the noise's.
           const V dpre = d.noise ? dm[l] * vec_softclip_grad(q.pre, slope) : dm[l];
@@ -135,24 +165,49 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
             if (grads->dtheta) store_zero_coordinate_grads(rows[l], j, n);
             continue;
           }
+          const auto plane_grad = [&](int64_t plane) {
+            return plane < C ? dcol[l * C + plane] : plane == C ? dpre : dcanvas;
+          };
           if (grads->dtheta) {
-            V gix(T(0)), giy(T(0));
-            for (int64_t c = 0; c < C; ++c) vec_coordinate_grad(q.taps, sprite + c * hw, dcol[l * C + c], gix, giy);
-            if (d.noise) vec_coordinate_grad(q.taps, sprite + (C + 1) * hw, dcanvas, gix, giy);
-            vec_coordinate_grad(q.taps, sprite + C * hw, dpre, gix, giy);
+            // bilinear_backward's coordinate gradient, plane by plane in place_pixel_backward_to's order: the
+            // colours, the canvas, the mask.
+            store_lerp_weights(q.taps, lerp);
+            V gix(T(0)), giy(T(0)), x_pre, y_pre, x_canvas, y_canvas;
+            for (int64_t c0 = 0; c0 < P; c0 += kPack) {
+              packed_coordinate_factors<T, kPack>(q.taps, lerp, sprites[l].plane(c0), x_packs, y_packs);
+              packs_to_rows<T, kPack>(&x_packs[0][0], &x_rows[0][0]);
+              packs_to_rows<T, kPack>(&y_packs[0][0], &y_rows[0][0]);
+              for (int64_t k = 0; k < std::min<int64_t>(kPack, P - c0); ++k) {
+                const int64_t plane = c0 + k;
+                const V fx = V::loadu(x_rows[k]), fy = V::loadu(y_rows[k]);
+                if (plane < C) {
+                  gix = gix + dcol[l * C + plane] * fx;
+                  giy = giy + dcol[l * C + plane] * fy;
+                } else if (plane == C) {
+                  x_pre = fx;
+                  y_pre = fy;
+                } else {
+                  x_canvas = fx;
+                  y_canvas = fy;
+                }
+              }
+            }
+            if (d.noise) {
+              gix = gix + dcanvas * x_canvas;
+              giy = giy + dcanvas * y_canvas;
+            }
+            gix = gix + dpre * x_pre;
+            giy = giy + dpre * y_pre;
             // bilinear_backward skips samples without a valid tap: their coordinate gradient is exactly zero.
             ((gix & q.taps.any_valid) * V::loadu(rows[l].dx_mult + j, n)).store(rows[l].gix + j, n);
             ((giy & q.taps.any_valid) * V::loadu(rows[l].dy_mult + j, n)).store(rows[l].giy + j, n);
           }
-          if (grads->dsprites == nullptr) continue;
-          for (int64_t c0 = 0; c0 < P; c0 += kScatterChannels) {
-            const int64_t planes = std::min(kScatterChannels, P - c0);
-            for (int64_t k = 0; k < planes; ++k) {
-              const int64_t plane = c0 + k;
-              const V gp = plane < C ? dcol[l * C + plane] : plane == C ? dpre : dcanvas;
-              for (int t = 0; t < 4; ++t) (gp * q.taps.weight[t]).store(gw[k][t]);
-            }
-            vec_scatter(q.taps, gw, planes, hw, grads->dsprites + lb * S + c0 * hw);
+          if (!want_dsprites) continue;
+          for (int t = 0; t < 4; ++t) q.taps.weight[t].store(weight[t]);
+          for (int64_t c0 = 0; c0 < P; c0 += kPack) {
+            for (int64_t k = 0; k < std::min<int64_t>(kPack, P - c0); ++k) plane_grad(c0 + k).store(g_rows[k]);
+            rows_to_packs<T, kPack>(&g_rows[0][0], &x_packs[0][0]);
+            pack_scatter<T, kPack>(q.taps, x_packs, weight, dsprites[l].plane(c0));
           }
         }
       }
@@ -162,10 +217,22 @@ double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPoint
       }
     }
   }
+  for (int64_t l = 0; l < L && want_dsprites; ++l) {
+    unpack_grad<T, kPack>(warp, dsprites[l], grads->dsprites + (l * d.B + b) * S, /*add_into=*/true);
+  }
   if (grads != nullptr && grads->docc) {
     for (int64_t jk = 0; jk < L * L; ++jk) grads->docc[jk * d.B + b] = VecPack<T>::sum(docc_sum[jk]);
   }
   return sse;
+}
+
+// Packs of 4, 8 or 16 planes, the narrowest that hold them (more planes: several packs of 16).
+template <typename T>
+double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPointers<T>* grads) {
+  const int64_t P = d.C + d.E;
+  if (P <= 4) return vec_render_image_packed<T, 4>(d, b, grads);
+  if (P <= 8) return vec_render_image_packed<T, 8>(d, b, grads);
+  return vec_render_image_packed<T, 16>(d, b, grads);
 }
 
 template <typename T>

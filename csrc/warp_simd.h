@@ -594,6 +594,15 @@ DTIFAST_ALWAYS_INLINE void packed_coordinate_factors(const VecTaps<T>& b, const 
   }
 }
 
+// The lanes' wx1, wx0, wy1, wy0 into w[0 .. 3], for packed_coordinate_factors.
+template <typename T>
+DTIFAST_ALWAYS_INLINE void store_lerp_weights(const VecTaps<T>& b, T (*w)[VecTaps<T>::kLanes]) {
+  b.wx1.store(w[0]);
+  b.wx0.store(w[1]);
+  b.wy1.store(w[2]);
+  b.wy0.store(w[3]);
+}
+
 // Whether the kernels read the input from packs: packing takes a pass over an input image per output (per
 // input image in the backward), which pays unless that image is much larger than the output.
 constexpr int64_t kPackedInputRatio = 4;
@@ -830,12 +839,7 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
       if (acc.data()) {
         for (int t = 0; t < 4; ++t) b.weight[t].store(weight[t]);
       }
-      if (packed) {
-        b.wx1.store(lerp[0]);
-        b.wx0.store(lerp[1]);
-        b.wy1.store(lerp[2]);
-        b.wy0.store(lerp[3]);
-      }
+      if (packed) store_lerp_weights(b, lerp);
       Vec<T> gix(T(0)), giy(T(0));
       for (int64_t c0 = 0; c0 < a.C; c0 += kPack) {
         const int64_t channels = std::min<int64_t>(kPack, a.C - c0);
@@ -869,9 +873,9 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
   if (want_coords) add_lane_sums(theta_sums, a.P, kThetaLanes, 1, dtheta_n);
 }
 
-// The accumulator's packs transposed into dx_image (C, h, w).
+// The accumulator's packs transposed into dx_image (C, h, w), or added into it.
 template <typename T, int kPack>
-void unpack_grad(const WarpArgs<T>& a, const PackedPlanes<T, kPack>& acc, T* dx_image) {
+void unpack_grad(const WarpArgs<T>& a, const PackedPlanes<T, kPack>& acc, T* dx_image, bool add_into = false) {
   constexpr int64_t L = Vec<T>::size();
   const int64_t hw = a.h * a.w;
   alignas(64) T rows[kPack][L];
@@ -881,7 +885,11 @@ void unpack_grad(const WarpArgs<T>& a, const PackedPlanes<T, kPack>& acc, T* dx_
     for (int64_t p = 0; p < hw; p += L) {
       const int64_t count = std::min(L, hw - p);
       packs_to_rows<T, kPack>(plane + p * kPack, &rows[0][0]);
-      for (int64_t c = 0; c < channels; ++c) Vec<T>::loadu(rows[c]).store(dx_image + (c0 + c) * hw + p, count);
+      for (int64_t c = 0; c < channels; ++c) {
+        T* d = dx_image + (c0 + c) * hw + p;
+        const Vec<T> v = Vec<T>::loadu(rows[c]);
+        (add_into ? Vec<T>::loadu(d, count) + v : v).store(d, count);
+      }
     }
   }
 }
