@@ -101,19 +101,19 @@ void pack_composite_forward(const CompositeArgs<typename Pack::T>& a, int64_t b,
   V occ[kMaxLayers * kMaxLayers], m[kMaxLayers];
   PackArray<V> x(L * C), bg(C), o(C);
   for (int64_t jk = 0; jk < L * L; ++jk) occ[jk] = V(a.occ[jk * B + b]);
-  for (int64_t p = p0; p < p1; p += Pack::kLanes) {
-    const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
-    for (int64_t l = 0; l < L; ++l) {
-      m[l] = Pack::load(a.masks + (l * B + b) * HW + p, n);
-      for (int64_t c = 0; c < C; ++c) x[l * C + c] = Pack::load(a.layers + ((l * B + b) * C + c) * HW + p, n);
-    }
-    for (int64_t c = 0; c < C && a.bg; ++c) bg[c] = Pack::load(a.bg + (b * C + c) * HW + p, n);
-    with_layer_bound<2>(static_cast<int>(L), [&](auto bound) {
+  with_layer_bound<2>(static_cast<int>(L), [&](auto bound) {
+    for (int64_t p = p0; p < p1; p += Pack::kLanes) {
+      const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
+      for (int64_t l = 0; l < L; ++l) {
+        m[l] = Pack::load(a.masks + (l * B + b) * HW + p, n);
+        for (int64_t c = 0; c < C; ++c) x[l * C + c] = Pack::load(a.layers + ((l * B + b) * C + c) * HW + p, n);
+      }
+      for (int64_t c = 0; c < C && a.bg; ++c) bg[c] = Pack::load(a.bg + (b * C + c) * HW + p, n);
       composite_pixel<V, decltype(bound)::value>(occ, 1, m, x.data(), C, 1, a.bg ? bg.data() : nullptr, 1,
                                                  static_cast<int>(L), C, o.data(), 1);
-    });
-    for (int64_t c = 0; c < C; ++c) Pack::store(out + (b * C + c) * HW + p, o[c], n);
-  }
+      for (int64_t c = 0; c < C; ++c) Pack::store(out + (b * C + c) * HW + p, o[c], n);
+    }
+  });
 }
 
 template <typename Pack>
@@ -130,34 +130,34 @@ void pack_composite_backward(const CompositeArgs<typename Pack::T>& a, const typ
     occ[jk] = V(a.occ[jk * B + b]);
     docc_sum[jk] = V(T(0));
   }
-  for (int64_t p = p0; p < p1; p += Pack::kLanes) {
-    const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
-    for (int64_t l = 0; l < L; ++l) {
-      m[l] = Pack::load(a.masks + (l * B + b) * HW + p, n);
-      for (int64_t c = 0; c < C; ++c) {
-        x[l * C + c] = Pack::load(a.layers + ((l * B + b) * C + c) * HW + p, n);
-        dx[l * C + c] = V(T(0));
+  with_layer_bound<2>(static_cast<int>(L), [&](auto bound) {
+    for (int64_t p = p0; p < p1; p += Pack::kLanes) {
+      const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
+      for (int64_t l = 0; l < L; ++l) {
+        m[l] = Pack::load(a.masks + (l * B + b) * HW + p, n);
+        for (int64_t c = 0; c < C; ++c) {
+          x[l * C + c] = Pack::load(a.layers + ((l * B + b) * C + c) * HW + p, n);
+          dx[l * C + c] = V(T(0));
+        }
       }
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      g[c] = Pack::load(grad + (b * C + c) * HW + p, n);
-      if (a.bg) bg[c] = Pack::load(a.bg + (b * C + c) * HW + p, n);
-      dbg_px[c] = V(T(0));
-    }
-    with_layer_bound<2>(static_cast<int>(L), [&](auto bound) {
+      for (int64_t c = 0; c < C; ++c) {
+        g[c] = Pack::load(grad + (b * C + c) * HW + p, n);
+        if (a.bg) bg[c] = Pack::load(a.bg + (b * C + c) * HW + p, n);
+        dbg_px[c] = V(T(0));
+      }
       composite_backward<V, decltype(bound)::value>(occ, 1, m, x.data(), C, 1, a.bg ? bg.data() : nullptr, 1,
                                                     static_cast<int>(L), C, g.data(), 1, dm,
                                                     dlayers ? dx.data() : nullptr, docc ? docc_sum : nullptr,
                                                     dbg && a.bg ? dbg_px.data() : nullptr);
-    });
-    for (int64_t l = 0; l < L; ++l) {
-      if (dmasks) Pack::store(dmasks + (l * B + b) * HW + p, dm[l], n);
-      for (int64_t c = 0; c < C && dlayers; ++c) {
-        Pack::store(dlayers + ((l * B + b) * C + c) * HW + p, dx[l * C + c], n);
+      for (int64_t l = 0; l < L; ++l) {
+        if (dmasks) Pack::store(dmasks + (l * B + b) * HW + p, dm[l], n);
+        for (int64_t c = 0; c < C && dlayers; ++c) {
+          Pack::store(dlayers + ((l * B + b) * C + c) * HW + p, dx[l * C + c], n);
+        }
       }
+      for (int64_t c = 0; c < C && dbg && a.bg; ++c) Pack::store(dbg + (b * C + c) * HW + p, dbg_px[c], n);
     }
-    for (int64_t c = 0; c < C && dbg && a.bg; ++c) Pack::store(dbg + (b * C + c) * HW + p, dbg_px[c], n);
-  }
+  });
   for (int64_t jk = 0; jk < L * L && docc; ++jk) docc[jk] += Pack::sum(docc_sum[jk]);
 }
 
@@ -177,13 +177,14 @@ void pack_candidates_forward(const CandidateArgs<typename Pack::T>& a, int64_t b
     const T* mask = a.mask(k, b);
     for (int64_t c = 0; c < C; ++c) {
       const T* x = a.layer(k, b) + c * HW;
-      for (int64_t mi = 0; mi < M; ++mi) {
-        T* o = out + ((b * M * K + mi * K + k) * C + c) * HW;
-        const T* bg = a.bgs ? a.bgs + ((mi * B + b) * C + c) * HW : nullptr;
-        for (int64_t p = p0; p < p1; p += Pack::kLanes) {
-          const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
-          const V mk = Pack::load(mask + p, n), fg = mk * Pack::load(x + p, n);
-          Pack::store(o + p, bg ? (V(T(1)) - mk) * Pack::load(bg + p, n) + fg : fg, n);
+      T* o = out + ((b * M * K + k) * C + c) * HW;  // background mi's candidate at o + mi K C HW
+      for (int64_t p = p0; p < p1; p += Pack::kLanes) {
+        const int64_t n = std::min<int64_t>(Pack::kLanes, p1 - p);
+        // m_k x_k and 1 - m_k once for all the backgrounds.
+        const V mk = Pack::load(mask + p, n), fg = mk * Pack::load(x + p, n), rest = V(T(1)) - mk;
+        for (int64_t mi = 0; mi < M; ++mi) {
+          const T* bg = a.bgs ? a.bgs + ((mi * B + b) * C + c) * HW : nullptr;
+          Pack::store(o + mi * K * C * HW + p, bg ? rest * Pack::load(bg + p, n) + fg : fg, n);
         }
       }
     }
