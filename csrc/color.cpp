@@ -6,12 +6,15 @@
 //
 // x (N, CE, h, w) with CE >= n_color; params (N, 2 * n_color) interleaved (g_0, b_0, g_1, b_1, ...). Python
 // expands a one-channel image to n_color channels before the call. Both directions parallelise over the
-// (image, channel) planes; a plane's gain and bias gradients are summed by the thread that owns it, in pixel
-// order, so results do not depend on the thread count.
+// (image, channel) planes and run color_kernel.h's per-plane kernels: the scalar ones (the reference) or the
+// vector ones (color_simd.h, on CPUs with AVX2 or AVX-512, cpu_capability.h). A plane's gain and bias
+// gradients are summed by the thread that owns it, in color_kernel.h's fixed order, so results do not depend
+// on the thread count or the instruction set.
 #include <torch/library.h>
 
+#include "color_kernel.h"
 #include "common.h"
-#include "sampling.h"
+#include "cpu_capability.h"
 
 namespace dtifast {
 namespace {
@@ -23,6 +26,16 @@ void check_color(const at::Tensor& x, const at::Tensor& params) {
   TORCH_CHECK(params.dim() == 2 && params.size(0) == x.size(0) && params.size(1) % 2 == 0 && params.size(1) > 0 &&
                   params.size(1) / 2 <= x.size(1),
               "params must be (N, 2 * n_color) with n_color <= x.size(1) = ", x.size(1), ", got ", params.sizes());
+}
+
+template <typename T>
+ColorKernels<T> kernels_for() {
+  const ColorKernels<T> scalar{&scalar_color_forward<T>, &scalar_color_backward<T>};
+#if DTIFAST_X86_SIMD
+  return table_for_capability(scalar, &color_kernels_avx2<T>, &color_kernels_avx512<T>);
+#else
+  return scalar;
+#endif
 }
 
 // Runs colour(n, c, plane) for every colour plane (c < n_color) and extra(plane) for the others, in parallel
@@ -51,13 +64,12 @@ at::Tensor color_transform_cpu(const at::Tensor& x_in, const at::Tensor& params_
     const scalar_t* par = params.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
     const scalar_t s = static_cast<scalar_t>(slope);
+    const ColorKernels<scalar_t> kernels = kernels_for<scalar_t>();
     for_each_plane(
         N, CE, hw, n_color,
         [&](int64_t n, int64_t c, int64_t plane) {
-          const scalar_t* xr = src + plane * hw;
-          scalar_t* yr = dst + plane * hw;
           const scalar_t gain = scalar_t(1) + par[n * 2 * n_color + 2 * c], bias = par[n * 2 * n_color + 2 * c + 1];
-          for (int64_t p = 0; p < hw; ++p) yr[p] = softclip_value(gain * xr[p] + bias, s);
+          kernels.forward(src + plane * hw, dst + plane * hw, hw, gain, bias, s);
         },
         [&](int64_t plane) { std::copy(src + plane * hw, src + (plane + 1) * hw, dst + plane * hw); });
   });
@@ -80,22 +92,13 @@ std::tuple<at::Tensor, at::Tensor> color_transform_backward_cpu(const at::Tensor
     scalar_t* dsrc = dx.mutable_data_ptr<scalar_t>();
     scalar_t* dpar = dparams.mutable_data_ptr<scalar_t>();
     const scalar_t s = static_cast<scalar_t>(slope);
+    const ColorKernels<scalar_t> kernels = kernels_for<scalar_t>();
     for_each_plane(
         N, CE, hw, n_color,
         [&](int64_t n, int64_t c, int64_t plane) {
-          const scalar_t* xr = src + plane * hw;
-          const scalar_t* gr = g + plane * hw;
-          scalar_t* dr = dsrc + plane * hw;
-          const scalar_t gain = scalar_t(1) + par[n * 2 * n_color + 2 * c], bias = par[n * 2 * n_color + 2 * c + 1];
-          scalar_t dgain = 0, dbias = 0;
-          for (int64_t p = 0; p < hw; ++p) {
-            const scalar_t dpre = gr[p] * softclip_grad(gain * xr[p] + bias, s);
-            dr[p] = dpre * gain;
-            dgain += dpre * xr[p];
-            dbias += dpre;
-          }
-          dpar[n * 2 * n_color + 2 * c] = dgain;
-          dpar[n * 2 * n_color + 2 * c + 1] = dbias;
+          const int64_t k = n * 2 * n_color + 2 * c;  // the plane's gain; its bias follows
+          kernels.backward(src + plane * hw, g + plane * hw, dsrc + plane * hw, hw, scalar_t(1) + par[k], par[k + 1],
+                           s, dpar + k, dpar + k + 1);
         },
         [&](int64_t plane) { std::copy(g + plane * hw, g + (plane + 1) * hw, dsrc + plane * hw); });
   });

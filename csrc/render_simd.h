@@ -19,27 +19,11 @@
 #include "composite_simd.h"
 #include "place.h"
 #include "render_kernel.h"
+#include "softclip_simd.h"
 #include "warp_simd.h"
 
 namespace dtifast {
 inline namespace CPU_CAPABILITY {
-
-// sampling.h softclip_value, lane by lane, in its order of operations.
-template <typename T>
-Vec<T> vec_softclip(const Vec<T>& v, T s) {
-  const Vec<T> zero(T(0)), one(T(1)), slope(s);
-  const Vec<T> clamped = at::vec::minimum(at::vec::maximum(v, zero), one);
-  const Vec<T> below = at::vec::minimum(v, zero), above = at::vec::maximum(v - one, zero);
-  return clamped + slope * below + slope * above;
-}
-
-// sampling.h softclip_grad, lane by lane.
-template <typename T>
-Vec<T> vec_softclip_grad(const Vec<T>& v, T s) {
-  const Vec<T> zero(T(0)), one(T(1));
-  const Vec<T> inner = Vec<T>::blendv(one, Vec<T>(T(1) + s / T(2)), (v == zero) | (v == one));
-  return Vec<T>::blendv(inner, Vec<T>(s), (v < zero) | (v > one));
-}
 
 // One layer's sprite sampled at a block of pixels (place.h Placed, a lane per pixel).
 template <typename T>

@@ -13,7 +13,10 @@ float rounding), and bit-identical results on 1 and 2 threads:
   backgrounds, at pixel counts that leave a partial vector or span several work chunks of 2048 pixels;
   every input's gradient;
 * the render loss: with and without mask noise and background, sprites partly outside the image, at the
-  warps' output widths; the loss and every input's gradient.
+  warps' output widths; the loss and every input's gradient;
+* the colour transform (bit for bit): planes of 1 to 333 pixels (partial vectors, fewer pixels than its 16
+  partial sums and several rounds of them), values in every region of the softclip and exactly at its kinks;
+  the output and the gradients of the input and the parameters.
 
 A path this CPU cannot run is skipped with the missing instruction sets named.
 """
@@ -330,3 +333,49 @@ def test_render_loss_vector_path_is_thread_count_independent(name):
 
     one, two = run_per_thread_count(run, (1, 2))
     assert_bitwise_equal(one, two)
+
+
+# Plane sizes (h, w) of the colour transform: 1 and 15 pixels (fewer than its 16 partial sums), 17 (a partial
+# vector past them), 256 and 333 (several rounds of partial sums, a partial vector at the end).
+COLOR_PLANES = ((1, 1), (3, 5), (1, 17), (16, 16), (9, 37))
+
+
+def _color_transform(h: int, w: int, dtype: torch.dtype, n_images: int = 4):
+    """Output and the gradients of x and the parameters of a colour transform with 3 colour channels and 2
+    extra ones; x in [-0.5, 1.5] (every softclip region) with some values exactly 0 and 1 (its kinks)."""
+    g = torch.Generator().manual_seed(h * 100 + w)
+    x = 2 * torch.rand(n_images, 5, h, w, generator=g, dtype=torch.float64) - 0.5
+    x.view(-1)[::7] = 0.0
+    x.view(-1)[3::11] = 1.0
+    params = 0.2 * torch.randn(n_images, 6, generator=g, dtype=torch.float64)
+    params[0] = 0  # gain 1, bias 0: the kinks stay exactly at 0 and 1
+    x, params = x.to(dtype).requires_grad_(), params.to(dtype).requires_grad_()
+    out = ops.color_transform(x, params, backend="cpu")
+    cotangent = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    dx, dparams = torch.autograd.grad(out, (x, params), cotangent.to(dtype))
+    return out.detach(), dx, dparams
+
+
+@pytest.mark.parametrize("name", VECTOR_PATHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("plane", COLOR_PLANES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_color_transform_vector_path_matches_scalar(plane, dtype, name):
+    with cpu_capability("scalar"):
+        expected = _color_transform(*plane, dtype)
+    with cpu_capability(name):
+        actual = _color_transform(*plane, dtype)
+    for what, a, e in zip(("output", "input gradient", "parameter gradient"), actual, expected):
+        assert torch.equal(a, e), f"{name} colour transform {what} differs from the scalar path by up to " \
+                                  f"{(a - e).abs().max():.3g}"
+
+
+@pytest.mark.parametrize("name", ["scalar"] + VECTOR_PATHS)
+def test_color_transform_is_thread_count_independent(name):
+    # 120 planes of 333 pixels: color.cpp hands out 49 planes per work item, so both threads get planes.
+    def run():
+        with cpu_capability(name):
+            return _color_transform(9, 37, torch.float32, n_images=24)
+
+    one, two = run_per_thread_count(run, (1, 2))
+    assert_bitwise_equal(one, two)
+

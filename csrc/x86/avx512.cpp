@@ -1,8 +1,8 @@
-// The vector warp, compositing and render-loss kernels (../warp_simd.h, ../composite_simd.h,
-// ../render_simd.h) built for AVX-512 F, BW, VL and DQ (the set ATen's 512-bit Vectorized uses);
-// cpu_capability.cpp picks them on CPUs that have all four. setup.py compiles every source with the same
-// flags, so the instruction set comes from the target pragma instead of -mavx512f: the code compiled after
-// it, ATen's Vectorized (chosen by CPU_CAPABILITY_AVX512) included, may use those instructions.
+// The vector warp, compositing, render-loss and colour-transform kernels (../warp_simd.h, ../composite_simd.h,
+// ../render_simd.h, ../color_simd.h) built for AVX-512 F, BW, VL and DQ (the set ATen's 512-bit Vectorized uses);
+// cpu_capability.cpp picks them on CPUs that have all four. setup.py compiles every source with the same flags, so the
+// instruction set comes from the target pragma instead of -mavx512f: the code compiled after it, ATen's Vectorized
+// (chosen by CPU_CAPABILITY_AVX512) included, may use those instructions.
 #include "../cpu_capability.h"
 
 #if DTIFAST_X86_SIMD
@@ -17,6 +17,7 @@
 #include <new>
 #include <vector>
 
+#include "../color_kernel.h"
 #include "../warp_kernel.h"
 
 #pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")
@@ -35,6 +36,7 @@
 // ATen's vector headers carry pragmas for other compilers and ABI notes on types unused here.
 #pragma GCC diagnostic ignored "-Wunknown-pragmas"
 #pragma GCC diagnostic ignored "-Wpsabi"
+#include "../color_simd.h"
 #include "../composite_simd.h"
 #include "../render_simd.h"
 #include "../warp_simd.h"
@@ -69,6 +71,16 @@ RenderKernels<float> render_kernels_avx512<float>() {
 template <>
 RenderKernels<double> render_kernels_avx512<double>() {
   return vec_render_kernels<double>();
+}
+
+template <>
+ColorKernels<float> color_kernels_avx512<float>() {
+  return vec_color_kernels<float>();
+}
+
+template <>
+ColorKernels<double> color_kernels_avx512<double>() {
+  return vec_color_kernels<double>();
 }
 
 }  // namespace dtifast
