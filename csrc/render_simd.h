@@ -210,13 +210,11 @@ double vec_render_image_packed(const RenderArgs<T>& d, int64_t b, const RenderGr
   return sse;
 }
 
-// Packs of 4, 8 or 16 planes, the narrowest that hold them (more planes: several packs of 16).
 template <typename T>
 double vec_render_image(const RenderArgs<T>& d, int64_t b, const RenderGradPointers<T>* grads) {
-  const int64_t P = d.C + d.E;
-  if (P <= 4) return vec_render_image_packed<T, 4>(d, b, grads);
-  if (P <= 8) return vec_render_image_packed<T, 8>(d, b, grads);
-  return vec_render_image_packed<T, 16>(d, b, grads);
+  return with_pack_width(d.C + d.E, [&](auto pack) {
+    return vec_render_image_packed<T, decltype(pack)::value>(d, b, grads);
+  });
 }
 
 template <typename T>

@@ -7,8 +7,9 @@
 // Per chunk of output pixels the source coordinates are computed a vector of pixels at a time with
 // sampling.h's operations in its order and rounding (grid_point, source_index), so they are bit-identical to
 // the scalar path's; the TPS grid's sums over the control points run in grid_point's order. Then the
-// bilinear sampling: floor, weights, tap masks and offsets, masked gathers, and in the backward the
-// coordinate gradient. The transform gradient is summed in the 16 lane partial sums of warp_kernel.h
+// bilinear sampling: floor, weights, tap masks and offsets, the taps' values (one pack load per pixel and tap
+// from the input in channel packs, or masked gathers per channel where the input image is much larger than
+// the output, see reads_packed_input), and in the backward the coordinate gradient. The transform gradient is summed in the 16 lane partial sums of warp_kernel.h
 // kThetaLanes (grid_point_backward on a vector of pixels, as the scalar path sums). The input gradient is
 // summed in channel packs (one vector add per tap for all of a pixel's channels, see ChannelPack), lane by
 // lane in pixel order, so results keep the scalar path's summation order (and the backward stays
@@ -155,38 +156,6 @@ DTIFAST_ALWAYS_INLINE void vec_coordinate_grad(const VecTaps<T>& b, const T* pla
   gather_taps(b, plane, v);
   gix = gix + g * ((v[1] - v[0]) * b.wy1 + (v[3] - v[2]) * b.wy0);
   giy = giy + g * ((v[2] - v[0]) * b.wx1 + (v[3] - v[1]) * b.wx0);
-}
-
-// Channels whose input gradients are scattered together (stack buffer).
-constexpr int64_t kScatterChannels = 8;
-
-// The input half of bilinear_backward for channels [c0, c0 + gw's count): gw[c][t] holds the channel's
-// gradient times tap t's weight. Scattered lane by lane (pixel order), each lane's channels and taps in turn,
-// as scatter_taps: lanes may share taps, so no vector scatter, and neighbouring pixels' updates of one
-// input pixel would form a chain of dependent additions that the other channels' updates now fill.
-template <typename T>
-void vec_scatter(const VecTaps<T>& b, const T (*gw)[4][VecTaps<T>::kLanes], int64_t channels, int64_t hw,
-                 T* dimage) {
-  constexpr int L = VecTaps<T>::kLanes;
-  if ((b.valid_bits[0] & b.valid_bits[1] & b.valid_bits[2] & b.valid_bits[3]) == (1 << L) - 1) {
-    // Every tap of every lane inside (the common case): no tests. The taps are addressed through their
-    // offsets, not as nw + 1 etc.: the compiler would pair the neighbouring taps into 8-byte updates, which
-    // overlap the previous lane's by half and so defeat the processor's store-to-load forwarding.
-    for (int l = 0; l < L; ++l) {
-      for (int64_t c = 0; c < channels; ++c) {
-        T* d = dimage + c * hw;
-        for (int t = 0; t < 4; ++t) d[b.lane_offset[t][l]] += gw[c][t][l];
-      }
-    }
-    return;
-  }
-  for (int l = 0; l < L; ++l) {
-    for (int64_t c = 0; c < channels; ++c) {
-      for (int t = 0; t < 4; ++t) {
-        if ((b.valid_bits[t] >> l) & 1) dimage[c * hw + b.lane_offset[t][l]] += gw[c][t][l];
-      }
-    }
-  }
 }
 
 // Stack buffers of one chunk of output pixels (flattened over rows).
@@ -603,6 +572,15 @@ DTIFAST_ALWAYS_INLINE void store_lerp_weights(const VecTaps<T>& b, T (*w)[VecTap
   b.wy0.store(w[3]);
 }
 
+// Runs f(std::integral_constant<int, kPack>()) for the narrowest pack of 4, 8 or 16 channels that holds C
+// (more channels: several planes of packs of 16), and returns what it returns.
+template <typename F>
+DTIFAST_ALWAYS_INLINE auto with_pack_width(int64_t C, F&& f) {
+  if (C <= 4) return f(std::integral_constant<int, 4>());
+  if (C <= 8) return f(std::integral_constant<int, 8>());
+  return f(std::integral_constant<int, 16>());
+}
+
 // Whether the kernels read the input from packs: packing takes a pass over an input image per output (per
 // input image in the backward), which pays unless that image is much larger than the output.
 constexpr int64_t kPackedInputRatio = 4;
@@ -682,13 +660,10 @@ void vec_forward_packed(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end
   }
 }
 
-// Packs of 4, 8 or 16 channels, the narrowest that hold C (more channels: several planes of 16).
 template <typename T>
 void vec_forward(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end) {
   if (!reads_packed_input(a)) return vec_forward_gathered(a, out, begin, end);
-  if (a.C <= 4) return vec_forward_packed<T, 4>(a, out, begin, end);
-  if (a.C <= 8) return vec_forward_packed<T, 8>(a, out, begin, end);
-  vec_forward_packed<T, 16>(a, out, begin, end);
+  with_pack_width(a.C, [&](auto pack) { vec_forward_packed<T, decltype(pack)::value>(a, out, begin, end); });
 }
 
 // The transform gradient's partial sums of one output (warp_kernel.h kThetaLanes): partial (k, lane) at
@@ -912,13 +887,12 @@ void vec_backward_packed(const WarpArgs<T>& a, const T* grad, const OutputsByInp
   }
 }
 
-// Packs of 4, 8 or 16 channels, the narrowest that hold C (more channels: several planes of 16).
 template <typename T>
 void vec_backward(const WarpArgs<T>& a, const T* grad, const OutputsByInput& outputs, int64_t begin, int64_t end,
                   T* dx, T* dtheta) {
-  if (a.C <= 4) return vec_backward_packed<T, 4>(a, grad, outputs, begin, end, dx, dtheta);
-  if (a.C <= 8) return vec_backward_packed<T, 8>(a, grad, outputs, begin, end, dx, dtheta);
-  vec_backward_packed<T, 16>(a, grad, outputs, begin, end, dx, dtheta);
+  with_pack_width(a.C, [&](auto pack) {
+    vec_backward_packed<T, decltype(pack)::value>(a, grad, outputs, begin, end, dx, dtheta);
+  });
 }
 
 // src (rows, cols) into dst (cols, rows): ATen's vector transposes, 16 x 16 blocks for AVX-512 floats.

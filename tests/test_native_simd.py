@@ -14,9 +14,9 @@ float rounding), and bit-identical results on 1 and 2 threads:
   every input's gradient;
 * the render loss: with and without mask noise and background, sprites partly outside the image, at the
   warps' output widths; the loss and every input's gradient;
-* the colour transform (bit for bit): planes of 1 to 333 pixels (partial vectors, fewer pixels than its 16
-  partial sums and several rounds of them), values in every region of the softclip and exactly at its kinks;
-  the output and the gradients of the input and the parameters.
+* the colour transform (bit for bit): planes of 1 to 333 pixels (less than a vector, partial vectors at the
+  end), values in every region of the softclip and exactly at its kinks; the output and the gradients of
+  the input and the parameters.
 
 A path this CPU cannot run is skipped with the missing instruction sets named.
 """
@@ -335,8 +335,8 @@ def test_render_loss_vector_path_is_thread_count_independent(name):
     assert_bitwise_equal(one, two)
 
 
-# Plane sizes (h, w) of the colour transform: 1 and 15 pixels (fewer than its 16 partial sums), 17 (a partial
-# vector past them), 256 and 333 (several rounds of partial sums, a partial vector at the end).
+# Plane sizes (h, w) of the colour transform: 1 and 15 pixels (less than a vector), 17 (a partial vector after
+# a whole one), 256 (whole vectors) and 333 (a partial vector at the end).
 COLOR_PLANES = ((1, 1), (3, 5), (1, 17), (16, 16), (9, 37))
 
 
