@@ -8,8 +8,8 @@
 // expands a one-channel image to n_color channels before the call. Both directions parallelise over the
 // (image, channel) planes and run color_kernel.h's per-plane kernels: the scalar ones (the reference) or the
 // vector ones (color_simd.h, on CPUs with AVX2 or AVX-512, cpu_capability.h). A plane's gain and bias
-// gradients are summed by the thread that owns it, in color_kernel.h's fixed order, so results do not depend
-// on the thread count or the instruction set.
+// gradients are summed by the thread that owns it, in pixel order on both paths, so results do not depend on
+// the thread count or the instruction set.
 #include <torch/library.h>
 
 #include "color_kernel.h"
