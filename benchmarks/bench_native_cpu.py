@@ -8,7 +8,8 @@ eager). Op cases, training step and timers are :mod:`dtifast.bench`'s, so these 
 are timed a second time, each config in a fresh subprocess that first keeps freed memory in the process
 (:func:`dtifast.allocator.retain_freed_memory`) as ``dtifast train`` does: glibc's default gives large freed
 blocks back, and the next tensor of that size page-faults, which costs the eager step far more than the C++
-one.
+one. Last, each provider's step is profiled (:mod:`dtifast.bench.step_profile`): its time split between the
+encoder, dtifast's ops, the optimizer and the rest, which says what bounds a step's speed-up.
 
 Usage::
 
@@ -33,6 +34,7 @@ import torch
 from dtifast.allocator import retain_freed_memory
 from dtifast.bench.machine import machine_info, peak_memory, time_interleaved
 from dtifast.bench.ops import ALL_CONFIGS, OP_CASES, Skip, prepare, shapes_for
+from dtifast.bench.step_profile import PARTS, profile_step
 from dtifast.bench.train_step import TrainStep
 from dtifast.ops._backend import implements
 
@@ -172,6 +174,39 @@ def _retained_step_rows(configs: list[str], batch: int, repeats: int) -> list[st
     return lines
 
 
+PROFILED_STEPS = 3
+
+
+def _part_cell(seconds: float, total: float) -> str:
+    return f"{_ms(seconds)} ({100 * seconds / total:.0f} %)"
+
+
+def _profile_rows(configs: list[str], batch: int) -> list[str]:
+    """The training step's time per part (:mod:`dtifast.bench.step_profile`), both providers per config."""
+    names = {"torch": "eager", "cpu": "C++"}
+    lines = ["", f"## Where the training step's time goes, batch {batch} (torch profiler)", "",
+             f"The mean of {PROFILED_STEPS} steps under `torch.profiler` (`dtifast.bench.step_profile`): each "
+             "recorded op's self CPU time goes to the part of the step that ran it. `encoder`: the encoder's "
+             "forward and backward, the same torch code in both steps; `dtifast ops`: the public ops the model "
+             "calls (the eager reference's ATen ops, or the C++ kernels); `optimizer`: zeroing the gradients and "
+             "Adam; `other`: the rest of the step's wall time (transformation heads, sprite bank, autograd "
+             "bookkeeping, Python between ops, and most of the profiler's own cost). `ops speed-up`: eager "
+             "dtifast ops / C++ dtifast ops. The profiler slows every step a little; the shares are what this "
+             "table is for, the step times are those above.", "",
+             "| config | step | step ms | encoder | dtifast ops | optimizer | other | ops speed-up |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for config in configs:
+        parts = {provider: profile_step(TrainStep(config, provider, batch, CPU), PROFILED_STEPS)
+                 for provider in PROVIDERS}
+        for provider in PROVIDERS:
+            p = parts[provider]
+            cells = " | ".join(_part_cell(p[part], p["step"]) for part in PARTS)
+            speedup = _speedup(parts["torch"]["ops"], p["ops"]) if provider == "cpu" else ""
+            lines.append(f"| {config} | {names[provider]} | {_ms(p['step'])} | {cells} | {speedup} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
@@ -180,7 +215,7 @@ def main() -> None:
     parser.add_argument("--ops", nargs="+", default=NATIVE_OPS, choices=NATIVE_OPS, metavar="OP",
                         help="native ops to measure (default: all)")
     parser.add_argument("--no-step", action="store_true",
-                        help="skip the training steps (both allocator settings) and their peak RSS")
+                        help="skip the training steps (both allocator settings), their peak RSS and profile")
     parser.add_argument("--out", type=pathlib.Path,
                         default=pathlib.Path(__file__).resolve().parent / "results" / "native_cpu.md")
     parser.add_argument("--rss-probe", nargs=3, metavar=("CONFIG", "PROVIDER", "BATCH"), help=argparse.SUPPRESS)
@@ -210,6 +245,7 @@ def main() -> None:
     if not args.no_step:
         lines += _step_rows(args.configs, args.batch, args.repeats)
         lines += _retained_step_rows(args.configs, args.batch, args.repeats)
+        lines += _profile_rows(args.configs, args.batch)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")

@@ -55,3 +55,14 @@ def test_retained_step_is_timed_in_a_process_that_keeps_freed_memory(bench):
 def test_every_config_is_measured_by_default(bench):
     from dtifast.bench.ops import ALL_CONFIGS
     assert bench.DEFAULT_CONFIGS == list(ALL_CONFIGS) and "instagram" in bench.DEFAULT_CONFIGS
+
+
+def test_profile_rows_split_each_providers_step(bench):
+    rows = [line.split("|")[1:-1] for line in bench._profile_rows(["gtsrb8"], 1) if line.startswith("| gtsrb8")]
+    assert [r[1].strip() for r in rows] == ["eager", "C++"]
+    for row in rows:
+        step_ms = float(row[2])
+        parts = [float(cell.split("(")[0]) for cell in row[3:7]]
+        assert step_ms > 0 and sum(parts) == pytest.approx(step_ms, rel=0.02)
+        assert all("%" in cell for cell in row[3:7])
+    assert rows[0][7].strip() == "" and rows[1][7].strip().endswith("×")
