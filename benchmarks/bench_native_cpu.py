@@ -191,18 +191,22 @@ def _profile_rows(configs: list[str], batch: int) -> list[str]:
              "calls (the eager reference's ATen ops, or the C++ kernels); `optimizer`: zeroing the gradients and "
              "Adam; `other`: the rest of the step's wall time (transformation heads, sprite bank, autograd "
              "bookkeeping, Python between ops, and most of the profiler's own cost). `ops speed-up`: eager "
-             "dtifast ops / C++ dtifast ops. The profiler slows every step a little; the shares are what this "
-             "table is for, the step times are those above.", "",
-             "| config | step | step ms | encoder | dtifast ops | optimizer | other | ops speed-up |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "dtifast ops / C++ dtifast ops; `bound`: eager step / (C++ step - C++ dtifast ops), the speed-up of "
+             "a C++ step whose dtifast ops took no time. The profiler slows every step a little; the shares are "
+             "what this table is for, the step times are those above.", "",
+             "| config | step | step ms | encoder | dtifast ops | optimizer | other | ops speed-up | bound |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for config in configs:
         parts = {provider: profile_step(TrainStep(config, provider, batch, CPU), PROFILED_STEPS)
                  for provider in PROVIDERS}
         for provider in PROVIDERS:
             p = parts[provider]
             cells = " | ".join(_part_cell(p[part], p["step"]) for part in PARTS)
-            speedup = _speedup(parts["torch"]["ops"], p["ops"]) if provider == "cpu" else ""
-            lines.append(f"| {config} | {names[provider]} | {_ms(p['step'])} | {cells} | {speedup} |")
+            speedup = bound = ""
+            if provider == "cpu":
+                speedup = _speedup(parts["torch"]["ops"], p["ops"])
+                bound = _speedup(parts["torch"]["step"], p["step"] - p["ops"])
+            lines.append(f"| {config} | {names[provider]} | {_ms(p['step'])} | {cells} | {speedup} | {bound} |")
             print(lines[-1], flush=True)
     return lines
 

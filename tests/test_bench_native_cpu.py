@@ -65,4 +65,7 @@ def test_profile_rows_split_each_providers_step(bench):
         parts = [float(cell.split("(")[0]) for cell in row[3:7]]
         assert step_ms > 0 and sum(parts) == pytest.approx(step_ms, rel=0.02)
         assert all("%" in cell for cell in row[3:7])
-    assert rows[0][7].strip() == "" and rows[1][7].strip().endswith("×")
+    assert rows[0][7].strip() == rows[0][8].strip() == ""
+    eager_step, cpp_step, cpp_ops = float(rows[0][2]), float(rows[1][2]), float(rows[1][4].split("(")[0])
+    assert float(rows[1][7].strip()[:-1]) > 0
+    assert float(rows[1][8].strip()[:-1]) == pytest.approx(eager_step / (cpp_step - cpp_ops), rel=0.1, abs=0.1)
