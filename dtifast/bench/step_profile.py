@@ -13,7 +13,9 @@ step, into the part of the step that op belongs to:
   the profiler's own cost, which falls mostly here and on the parts with many small ops.
 
 A part's forward is what runs inside a ``record_function`` range put around it for the profile; its
-backward, the autograd nodes of the ops that ran in that range, matched by their sequence numbers.
+backward, the autograd nodes of the ops that ran in that range, matched by their sequence numbers. The
+ranges are put in by wrapping the encoder's ``forward`` and the functions of :mod:`dtifast.ops` while the
+steps run, so profile one step at a time, not from several threads.
 """
 from __future__ import annotations
 
@@ -69,7 +71,7 @@ def _descendants(event: FunctionEvent) -> Iterator[FunctionEvent]:
         yield from _descendants(child)
 
 
-def attribute(events: list[FunctionEvent]) -> dict[str, float]:
+def _attribute(events: list[FunctionEvent]) -> dict[str, float]:
     """Self CPU seconds of ``events`` per part (``encoder``, ``ops``, ``optimizer``; ``recorded``: all of
     them), counting the thread that ran the labelled ranges only (see the module docstring)."""
     ranges = [e for e in events if e.name in _LABELS]
@@ -129,7 +131,7 @@ def profile_step(step: TrainStep, n_steps: int = 3, warmup: int = 1) -> dict[str
         for _ in range(n_steps):
             step()
         wall = time.perf_counter() - start
-    totals = attribute(list(prof.events()))
+    totals = _attribute(list(prof.events()))
     out = {"step": wall / n_steps}
     for name in ("encoder", "ops", "optimizer"):
         out[name] = totals[name] / n_steps
