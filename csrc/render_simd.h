@@ -54,8 +54,8 @@ double vec_render_image_packed(const RenderArgs<T>& d, int64_t b, const RenderGr
     if (want_dsprites) std::fill(dsprites[l].data(), dsprites[l].data() + dsprites[l].values, T(0));
   }
   alignas(64) T weight[4][kLanes], lerp[4][kLanes];
-  alignas(64) T x_packs[kLanes][kPack], y_packs[kLanes][kPack];
   alignas(64) T x_rows[kPack][kLanes], y_rows[kPack][kLanes];
+  alignas(64) T g_packs[kLanes][kPack];  // a vector of pixels' plane gradients in packs, for the scatter
   // The planes' gradients of a vector of pixels, for the scatter. Rows past the planes are summed into pack
   // slots that no plane owns; zero-initialised, as warp_simd.h vec_backward_output's.
   alignas(64) T g_rows[kPack][kLanes] = {};
@@ -88,8 +88,7 @@ double vec_render_image_packed(const RenderArgs<T>& d, int64_t b, const RenderGr
             redirect_invalid_taps(q.taps, sprites[l].trash);
             for (int t = 0; t < 4; ++t) q.taps.weight[t].store(weight[t]);
             for (int64_t c0 = 0; c0 < P; c0 += kPack) {
-              packed_read<T, kPack>(q.taps, weight, sprites[l].plane(c0), x_packs);
-              packs_to_rows<T, kPack>(&x_packs[0][0], &x_rows[0][0]);
+              packed_read<T, kPack>(q.taps, weight, sprites[l].plane(c0), x_rows);
               for (int64_t k = 0; k < std::min<int64_t>(kPack, P - c0); ++k) {
                 const int64_t plane = c0 + k;
                 const V value = V::loadu(x_rows[k]);
@@ -158,9 +157,7 @@ double vec_render_image_packed(const RenderArgs<T>& d, int64_t b, const RenderGr
             store_lerp_weights(q.taps, lerp);
             V gix(T(0)), giy(T(0)), x_pre, y_pre, x_canvas, y_canvas;
             for (int64_t c0 = 0; c0 < P; c0 += kPack) {
-              packed_coordinate_factors<T, kPack>(q.taps, lerp, sprites[l].plane(c0), x_packs, y_packs);
-              packs_to_rows<T, kPack>(&x_packs[0][0], &x_rows[0][0]);
-              packs_to_rows<T, kPack>(&y_packs[0][0], &y_rows[0][0]);
+              packed_coordinate_factors<T, kPack>(q.taps, lerp, sprites[l].plane(c0), x_rows, y_rows);
               for (int64_t k = 0; k < std::min<int64_t>(kPack, P - c0); ++k) {
                 const int64_t plane = c0 + k;
                 const V fx = V::loadu(x_rows[k]), fy = V::loadu(y_rows[k]);
@@ -190,8 +187,8 @@ double vec_render_image_packed(const RenderArgs<T>& d, int64_t b, const RenderGr
           for (int t = 0; t < 4; ++t) q.taps.weight[t].store(weight[t]);
           for (int64_t c0 = 0; c0 < P; c0 += kPack) {
             for (int64_t k = 0; k < std::min<int64_t>(kPack, P - c0); ++k) plane_grad(c0 + k).store(g_rows[k]);
-            rows_to_packs<T, kPack>(&g_rows[0][0], &x_packs[0][0]);
-            pack_scatter<T, kPack>(q.taps, x_packs, weight, dsprites[l].plane(c0));
+            rows_to_packs<T, kPack>(&g_rows[0][0], &g_packs[0][0]);
+            pack_scatter<T, kPack>(q.taps, g_packs, weight, dsprites[l].plane(c0));
           }
         }
       }

@@ -534,33 +534,39 @@ void pack_scatter(const VecTaps<T>& b, const T (*gt)[kPack], const T (*weight)[V
 }
 
 // The lanes' samples of one plane of packed input (invalid taps redirected to its zero spare packs) with tap
-// weights weight[t][lane]: packs[lane] holds that sample of each of the plane's channels, summed in
-// bilinear_read's order.
+// weights weight[t][lane], summed in bilinear_read's order: a pack per lane, transposed so that rows[c] holds
+// channel c's samples (rows past the plane's channels hold the pack slots that no channel owns).
 template <typename T, int kPack>
 DTIFAST_ALWAYS_INLINE void packed_read(const VecTaps<T>& b, const T (*weight)[VecTaps<T>::kLanes], const T* plane,
-                                       T (*packs)[kPack]) {
+                                       T (*rows)[VecTaps<T>::kLanes]) {
   using P = typename ChannelPack<T, kPack>::type;
   const P* d = reinterpret_cast<const P*>(plane);
+  alignas(64) T packs[VecTaps<T>::kLanes][kPack];
   for (int l = 0; l < VecTaps<T>::kLanes; ++l) {
     *reinterpret_cast<P*>(packs[l]) = weight[0][l] * d[b.lane_offset[0][l]] + weight[1][l] * d[b.lane_offset[1][l]] +
                                       weight[2][l] * d[b.lane_offset[2][l]] + weight[3][l] * d[b.lane_offset[3][l]];
   }
+  packs_to_rows<T, kPack>(&packs[0][0], &rows[0][0]);
 }
 
-// The factors of bilinear_backward's coordinate gradient for one plane of packed input, per lane and channel:
-// x_packs[lane] = (v1 - v0) wy1 + (v3 - v2) wy0 and y_packs[lane] = (v2 - v0) wx1 + (v3 - v1) wx0, where
-// w[0 .. 3] hold the lanes' wx1, wx0, wy1, wy0.
+// The factors of bilinear_backward's coordinate gradient for one plane of packed input, per lane and channel,
+// transposed as packed_read's: x_rows[c][lane] = (v1 - v0) wy1 + (v3 - v2) wy0 and
+// y_rows[c][lane] = (v2 - v0) wx1 + (v3 - v1) wx0, where w[0 .. 3] hold the lanes' wx1, wx0, wy1, wy0.
 template <typename T, int kPack>
 DTIFAST_ALWAYS_INLINE void packed_coordinate_factors(const VecTaps<T>& b, const T (*w)[VecTaps<T>::kLanes],
-                                                     const T* plane, T (*x_packs)[kPack], T (*y_packs)[kPack]) {
+                                                     const T* plane, T (*x_rows)[VecTaps<T>::kLanes],
+                                                     T (*y_rows)[VecTaps<T>::kLanes]) {
   using P = typename ChannelPack<T, kPack>::type;
   const P* d = reinterpret_cast<const P*>(plane);
+  alignas(64) T x_packs[VecTaps<T>::kLanes][kPack], y_packs[VecTaps<T>::kLanes][kPack];
   for (int l = 0; l < VecTaps<T>::kLanes; ++l) {
     const P v0 = d[b.lane_offset[0][l]], v1 = d[b.lane_offset[1][l]];
     const P v2 = d[b.lane_offset[2][l]], v3 = d[b.lane_offset[3][l]];
     *reinterpret_cast<P*>(x_packs[l]) = (v1 - v0) * w[2][l] + (v3 - v2) * w[3][l];
     *reinterpret_cast<P*>(y_packs[l]) = (v2 - v0) * w[0][l] + (v3 - v1) * w[1][l];
   }
+  packs_to_rows<T, kPack>(&x_packs[0][0], &x_rows[0][0]);
+  packs_to_rows<T, kPack>(&y_packs[0][0], &y_rows[0][0]);
 }
 
 // The lanes' wx1, wx0, wy1, wy0 into w[0 .. 3], for packed_coordinate_factors.
@@ -630,7 +636,6 @@ void vec_forward_packed(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end
   int64_t packed = -1;  // the input image in `input`
   PixelChunk<T> s;
   alignas(64) T weight[4][L];
-  alignas(64) T packs[L][kPack];
   alignas(64) T rows[kPack][L];
   for (int64_t q = begin; q < end;) {
     const int64_t n = q / HW, p0 = q - n * HW, len = std::min({kChunk, HW - p0, end - q});
@@ -650,8 +655,7 @@ void vec_forward_packed(const WarpArgs<T>& a, T* out, int64_t begin, int64_t end
       redirect_invalid_taps(b, input.trash);
       for (int t = 0; t < 4; ++t) b.weight[t].store(weight[t]);
       for (int64_t c0 = 0; c0 < a.C; c0 += kPack) {
-        packed_read<T, kPack>(b, weight, input.plane(c0), packs);
-        packs_to_rows<T, kPack>(&packs[0][0], &rows[0][0]);
+        packed_read<T, kPack>(b, weight, input.plane(c0), rows);
         const int64_t channels = std::min<int64_t>(kPack, a.C - c0);
         for (int64_t c = 0; c < channels; ++c) Vec<T>::loadu(rows[c]).store(o + (c0 + c) * HW + j, count);
       }
@@ -792,7 +796,6 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
   alignas(64) T gt[L][kPack];
   alignas(64) T weight[4][L];
   alignas(64) T lerp[4][L];  // packed coordinate gradient: the lanes' wx1, wx0, wy1, wy0
-  alignas(64) T x_packs[L][kPack], y_packs[L][kPack];
   alignas(64) T x_rows[kPack][L], y_rows[kPack][L];
   if (want_coords) std::fill(theta_sums, theta_sums + kThetaLanes * a.P, T(0));
   for (int64_t p0 = 0; p0 < HW; p0 += kChunk) {
@@ -819,9 +822,7 @@ void vec_backward_output(const WarpArgs<T>& a, const T* grad, int64_t n, const P
       for (int64_t c0 = 0; c0 < a.C; c0 += kPack) {
         const int64_t channels = std::min<int64_t>(kPack, a.C - c0);
         if (packed) {
-          packed_coordinate_factors<T, kPack>(b, lerp, input.plane(c0), x_packs, y_packs);
-          packs_to_rows<T, kPack>(&x_packs[0][0], &x_rows[0][0]);
-          packs_to_rows<T, kPack>(&y_packs[0][0], &y_rows[0][0]);
+          packed_coordinate_factors<T, kPack>(b, lerp, input.plane(c0), x_rows, y_rows);
         }
         for (int64_t c = 0; c < channels; ++c) {
           const Vec<T> gc = Vec<T>::loadu(g + (c0 + c) * HW + p0 + j, count);
