@@ -880,8 +880,12 @@ void vec_backward_packed(const WarpArgs<T>& a, const T* grad, const OutputsByInp
   std::unique_ptr<T[]> theta_sums(dtheta ? new T[kThetaLanes * a.P] : nullptr);
   for (int64_t k = begin; k < end; ++k) {
     if (acc.data()) std::fill(acc.data(), acc.data() + acc.values, T(0));
-    if (input.data()) pack_image(a.x + k * a.C * hw, a.C, hw, input);
+    bool packed = false;  // input k is packed at its first output (under index=, an input may have none)
     outputs.for_each_output(k, [&](int64_t n) {
+      if (input.data() && !packed) {
+        pack_image(a.x + k * a.C * hw, a.C, hw, input);
+        packed = true;
+      }
       vec_backward_output<T, kPack>(a, grad, n, acc, input, dtheta ? dtheta + n * a.P : nullptr, theta_sums.get());
     });
     if (acc.data()) unpack_grad<T, kPack>(a, acc, dx + k * a.C * hw);

@@ -83,9 +83,9 @@ def cpu_capability(name: str):
 
 def _inputs(kind: str, width: int, dtype: torch.dtype, indexed: bool, channels: int = 5):
     """Sprites, raw parameters (output 0 at the identity, where output pixels land exactly on input
-    pixels) and an optional index, seeded."""
+    pixels) and an optional index, seeded. The index leaves input 3 without outputs: its gradient is zero."""
     g = torch.Generator().manual_seed(width)
-    n, k = 6, 3 if indexed else 6
+    n, k = 6, 4 if indexed else 6
     x = torch.rand(k, channels, 9, 11, generator=g, dtype=torch.float64)
     params = 0.3 * torch.randn(n, *KINDS[kind][1], generator=g, dtype=torch.float64)
     params[0] = 0
